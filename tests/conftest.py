@@ -1,0 +1,90 @@
+"""Shared fixtures: a project folder per test, and small data the tests build themselves."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from ads_cli import params as params_mod
+from ads_cli.paths import Paths
+
+REPO = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return path
+
+
+def make_wheel(folder: Path, name: str, version: str, files: dict[str, bytes]) -> Path:
+    """A minimal but valid wheel, enough for `pip download --find-links` to accept it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = name.replace("-", "_")
+    path = folder / f"{stem}-{version}-py3-none-any.whl"
+    dist = f"{stem}-{version}.dist-info"
+    with zipfile.ZipFile(path, "w") as zf:
+        for rel, data in files.items():
+            zf.writestr(rel, data)
+        zf.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        zf.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{dist}/RECORD", "")
+    return path
+
+
+CAPITALS = [
+    ("France", "Paris"), ("Japan", "Tokyo"), ("Kenya", "Nairobi"), ("Brazil", "Brasília"), ("Italy", "Rome"),
+    ("Spain", "Madrid"), ("Egypt", "Cairo"), ("Canada", "Ottawa"), ("Peru", "Lima"), ("Chile", "Santiago"),
+    ("Norway", "Oslo"), ("Greece", "Athens"),
+]
+
+
+def make_docs() -> list[dict]:
+    docs = [
+        {"id": f"c{i}", "title": country, "text": f"{country} is a country. Its capital city is {capital}.",
+         "description": "Country", "topic": "Geography"}
+        for i, (country, capital) in enumerate(CAPITALS)
+    ]
+    docs.append({"id": "film", "title": "2001: A Space Odyssey",
+                 "text": "2001: A Space Odyssey is a 1968 epic science fiction film directed by Stanley Kubrick.",
+                 "description": "1968 film", "topic": "Arts"})
+    docs.append({"id": "kubrick", "title": "Stanley Kubrick", "text": "Stanley Kubrick was an American filmmaker.",
+                 "description": "American filmmaker", "topic": "Arts"})
+    docs.append({"id": "oneil", "title": "Eugene O'Neill", "text": "Eugene O'Neill was an American playwright.",
+                 "description": "Playwright", "topic": "Arts"})
+    return docs
+
+
+def make_flat_tasks(n_tasks: int = 6, n_examples: int = 8) -> list[dict]:
+    """One example per record, as a user would write them."""
+    records = []
+    for t in range(n_tasks):
+        for e in range(n_examples):
+            country, capital = CAPITALS[(t + e) % len(CAPITALS)]
+            records.append({"task": f"task{t}", "input": f"What is the capital of {country}? (variant {e})",
+                            "reference": capital, "metric": "contains"})
+    return records
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Paths:
+    """An empty project folder with a params file sized for tests, as the current directory."""
+    monkeypatch.chdir(tmp_path)
+    params = params_mod.load(REPO / "params.tiny.yaml")
+    params["sources"]["cache_dir"] = str(tmp_path / "cache")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return Paths(tmp_path)
+
+
+@pytest.fixture
+def user_files(project) -> tuple[Path, Path]:
+    docs = write_jsonl(project.root / "my_docs.jsonl", make_docs())
+    tasks = write_jsonl(project.root / "my_tasks.jsonl", make_flat_tasks())
+    return docs, tasks
