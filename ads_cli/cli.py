@@ -27,6 +27,7 @@ app = typer.Typer(
 ParamsOpt = typer.Option(Path("params.yaml"), "--params", help="Params file (params.tiny.yaml has the smallest sizes).")
 SetOpt = typer.Option(None, "--set", help="Override one setting, section.key=value; repeatable.")
 VerboseOpt = typer.Option(False, "-v", "--verbose", help="Also print the full log (always in logs/<stage>.log).")
+NoCacheOpt = typer.Option(False, "--no-cache", help="Do not read or write the persistent model-call cache.")
 
 
 def fail(message: str) -> None:
@@ -110,6 +111,40 @@ def search(
     with stage("search", params, set_, verbose) as (_, paths):
         for hit in stage_mod.search(query, k, paths):
             sys.stdout.write(orjson.dumps(hit).decode() + "\n")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="The prompt; sent as a user chat message unless --raw."),
+    role: str = typer.Option("policy", "--role", help="Which model of params.yaml answers: policy or optimizer."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: lm.max_new_tokens."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="0 is greedy. Default: lm.temperature."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed. Default: lm.seed."),
+    raw: bool = typer.Option(False, "--raw", help="Plain completion: no chat template."),
+    no_cache: bool = NoCacheOpt,
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Ask the model one prompt: prints its answer, then the token counts (a debugging aid)."""
+    from . import lm
+
+    if role not in ("policy", "optimizer"):
+        fail(f"--role: expected policy or optimizer, got {role!r}")
+    with stage("generate", params, set_, verbose) as (p, _):
+        model = lm.load_role(p, role, use_cache=not no_cache and p["lm"]["cache"])
+        g = model.generate(
+            [prompt],
+            max_new_tokens=max_new_tokens or p["lm"]["max_new_tokens"],
+            temperature=p["lm"]["temperature"] if temperature is None else temperature,
+            seed=p["lm"]["seed"] if seed is None else seed,
+            chat=not raw,
+        )[0]
+        sys.stdout.write(g.text + "\n")
+        console.print(
+            f"[dim]{g.prompt_tokens} prompt tokens, {g.completion_tokens} generated"
+            f"{', from cache' if g.cached else ''}{', prompt truncated' if g.truncated else ''}[/]"
+        )
 
 
 if __name__ == "__main__":

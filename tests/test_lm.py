@@ -1,0 +1,134 @@
+"""The LM engine on the real packaged SmolLM2-135M (fetched once from PyPI, then cached)."""
+
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ads_cli import lm
+from ads_cli.cache import CallCache
+from ads_cli.cli import app
+from ads_cli.errors import AdsError
+from ads_cli.params import SMOLLM2
+from ads_cli.sources import Lock, extract_file
+from conftest import REPO
+
+CACHE_DIR = "~/.cache/ads"
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return lm.load(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
+
+
+@pytest.fixture
+def model(smol, tmp_path):
+    """The shared model with a fresh call cache for each test."""
+    smol.cache = CallCache(tmp_path / "calls.sqlite")
+    return smol
+
+
+QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is the largest planet?", "Name a primary colour."]
+
+
+def test_gguf_conversion_keeps_the_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    gguf, _ = extract_file(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"))
+    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    with pytest.raises(ValueError, match="not serializable"):
+        direct.save_pretrained(tmp_path / "refused")
+    folder = lm.convert_gguf(gguf, "f" * 64, tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    a, b = direct.state_dict(), reloaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert lm.convert_gguf(gguf, "f" * 64, tmp_path) == folder  # second call reuses the folder
+
+
+def test_answers_paris_and_counts_tokens(model):
+    g = model.generate(["What is the capital of France?"], max_new_tokens=16)[0]
+    assert "Paris" in g.text
+    assert g.prompt_tokens == model.count_tokens(model.render("What is the capital of France?"))
+    assert 0 < g.completion_tokens <= 16 and not g.cached
+
+
+def test_greedy_is_deterministic_and_batch_invariant(model):
+    batched = [g.text for g in model.generate(QUESTIONS, max_new_tokens=12)]
+    model.cache = CallCache(None)
+    one_by_one = [model.generate([q], max_new_tokens=12)[0].text for q in QUESTIONS]
+    assert batched == one_by_one
+
+
+def test_sampling_is_seeded_per_prompt(model):
+    model.cache = CallCache(None)
+    full = [g.text for g in model.generate(QUESTIONS, max_new_tokens=12, temperature=1.0, seed=7)]
+    part = [g.text for g in model.generate(QUESTIONS[2:][::-1], max_new_tokens=12, temperature=1.0, seed=7)]
+    assert part == full[2:][::-1]
+    other = [g.text for g in model.generate(QUESTIONS, max_new_tokens=12, temperature=1.0, seed=8)]
+    assert other != full
+
+
+def test_stop_strings_cut_the_text(model):
+    g = model.generate(["List three fruits, one per line."], max_new_tokens=30, stop=["\n"])[0]
+    assert g.text and "\n" not in g.text and g.completion_tokens < 30
+
+
+def test_shared_prefix_gives_the_same_answers(model, monkeypatch):
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS[:3]]
+    shared = model.generate(prompts, max_new_tokens=8, chat=False)
+    monkeypatch.setattr(lm, "MIN_SHARED_PREFIX", 10**9)
+    model.cache = CallCache(None)
+    plain = model.generate(prompts, max_new_tokens=8, chat=False)
+    assert [g.text for g in shared] == [g.text for g in plain]
+    assert [g.prompt_tokens for g in shared] == [g.prompt_tokens for g in plain]
+
+
+def test_call_cache_hits_and_survives_corruption(model, tmp_path):
+    first = model.generate(QUESTIONS[:2], max_new_tokens=8)
+    second = model.generate(QUESTIONS[:2], max_new_tokens=8)
+    assert [g.text for g in first] == [g.text for g in second] and all(g.cached for g in second)
+    assert model.cache.stats()["hits"] == 2
+    model.cache.close()
+    path = tmp_path / "calls.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"calls.sqlite{suffix}").unlink(missing_ok=True)
+    rebuilt = CallCache(path)
+    assert rebuilt.get("anything") is None
+    assert (tmp_path / "calls.sqlite.corrupt").exists()
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_long_prompt_is_truncated_from_the_left(model, monkeypatch):
+    monkeypatch.setattr(model, "max_context", 64)
+    g = model.generate(["word " * 200 + "What is the capital of France?"], max_new_tokens=8)[0]
+    assert g.truncated and g.prompt_tokens == 64 - 8
+
+
+def test_empty_prompt_is_an_error(model):
+    with pytest.raises(AdsError, match="prompt 2 is empty"):
+        model.generate(["fine", "   "])
+
+
+def test_loglikelihood_prefers_the_right_answer(model):
+    context = model.render("What is the capital of France?") + "The capital of France is"
+    paris, berlin = model.loglikelihood([(context, " Paris"), (context, " Berlin")])
+    assert paris > berlin and paris < 0
+
+
+def test_same_source_loads_once(smol):
+    again = lm.load(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
+    assert again.model is smol.model
+
+
+def test_cli_generate(project, smol):
+    runner = CliRunner()
+    result = runner.invoke(app, ["generate", "What is the capital of France?", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    assert "Paris" in result.stdout and "prompt tokens" in result.output
+    result = runner.invoke(app, ["generate", ""])
+    assert result.exit_code == 2 and "prompt 1 is empty" in result.output
+    result = runner.invoke(app, ["generate", "hi", "--set", "lm.policy=missing.gguf"])
+    assert result.exit_code == 2 and "missing.gguf" in result.output and "Traceback" not in result.output
