@@ -113,6 +113,61 @@ def search(
             sys.stdout.write(orjson.dumps(hit).decode() + "\n")
 
 
+IterOpt = typer.Option(1, "--iter", min=1, help="Iteration K: reads and writes data/iter_K/.")
+
+
+@app.command()
+def sample(
+    iteration: int = IterOpt,
+    no_cache: bool = NoCacheOpt,
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """The optimizer writes trajectories (API-call programs) for every train task.
+
+    Reads: data/prepared/tasks_train.jsonl, the models in lm, the optimizer's exemplars (iteration
+    1: the seed exemplars shipped with ads). Writes: data/iter_K/trajectories.jsonl and
+    sample_manifest.json (parse rate, API mix, cost).
+    """
+    from . import sample as stage_mod
+
+    with stage("sample", params, set_, verbose) as (p, paths):
+        m = stage_mod.run(p, paths, iteration, use_cache=False if no_cache else None)
+        c = m["counts"]
+        console.print(
+            f"sample: {c['trajectories']} trajectories for {c['tasks']} tasks, parse rate {c['parse_rate']:.0%},"
+            f" {c['empty_trajectories']} empty, API mix {c['api_mix']}, {m['cost']['optimizer_tokens']} optimizer tokens"
+            f" in {m['timings']['total_s']:.0f}s -> {paths.trajectories(iteration)}"
+        )
+
+
+@app.command()
+def execute(
+    iteration: int = IterOpt,
+    no_cache: bool = NoCacheOpt,
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run every call of every trajectory; identical calls run once; a killed run resumes.
+
+    Reads: data/iter_K/trajectories.jsonl, data/index/, the models. Writes:
+    data/iter_K/executions.jsonl (items with provenance, cost, errors), the journal and
+    execute_manifest.json.
+    """
+    from . import execute as stage_mod
+
+    with stage("execute", params, set_, verbose) as (p, paths):
+        m = stage_mod.run(p, paths, iteration, use_cache=False if no_cache else None)
+        c = m["counts"]
+        console.print(
+            f"execute: {c['trajectories']} trajectories, {c['calls']} calls ({c['unique_calls']} unique,"
+            f" {c['resumed_calls']} resumed, {c['failed_calls']} failed), items {c['items']}, cost {m['cost']['total']:.0f}"
+            f" in {m['timings']['total_s']:.0f}s -> {paths.executions(iteration)}"
+        )
+
+
 @app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt; sent as a user chat message unless --raw."),

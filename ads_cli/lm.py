@@ -7,7 +7,8 @@
   is deterministic; sampling draws each prompt's tokens from its own seeded generator, so a
   result does not depend on which batch the prompt fell in.
 - Shared-prefix reuse: when the prompts of a call share a long token prefix (the collected data
-  in the policy's context, the optimizer's fixed instructions), its KV cache is computed once.
+  in the policy's context, the optimizer's fixed instructions and exemplars), its KV cache is
+  computed once and every batch continues from a copy of it.
 - `loglikelihood`: the log-probability of a continuation given a context.
 - Every call returns prompt and generated token counts (the cost) and goes through the
   persistent call cache.
@@ -240,37 +241,51 @@ class LM:
         return results  # type: ignore[return-value]
 
     def _generate_uncached(self, todo, max_new_tokens, temperature, stop, progress):
+        torch = _torch()
         order = sorted(todo, key=lambda i: -len(todo[i][1]))
-        shared = _common_prefix([todo[i][1] for i in order]) if len(order) > 1 and temperature == 0 else 0
-        if shared >= MIN_SHARED_PREFIX:
-            yield from self._generate_with_prefix(todo, order, shared, max_new_tokens, stop, progress)
-            return
+        prefix: list[int] = []
+        prefix_cache = None
+        if len(order) > 1:
+            # every prompt keeps at least one token of its own: its logits start the answer
+            shared = min(_common_prefix([todo[i][1] for i in order]), min(len(todo[i][1]) for i in order) - 1)
+            if shared >= MIN_SHARED_PREFIX:
+                prefix = todo[order[0]][1][:shared]
+                with torch.inference_mode():
+                    prefix_cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
         for start in range(0, len(order), self.batch_size):
             batch = order[start: start + self.batch_size]
-            outputs = self._generate_batch([todo[i][1] for i in batch], max_new_tokens, temperature,
-                                           [todo[i][3] for i in batch], stop)
+            outputs = self._generate_batch([todo[i][1][len(prefix):] for i in batch], max_new_tokens, temperature,
+                                           [todo[i][3] for i in batch], stop, prefix, prefix_cache)
             for i, (text, n_new) in zip(batch, outputs):
                 yield i, Generation(text, len(todo[i][1]), n_new, truncated=todo[i][2])
             progress.step(len(batch))
 
-    def _generate_batch(self, batch_ids, max_new_tokens, temperature, seeds, stop, past=None, prefix_len=0):
-        """One `model.generate` call over left-padded prompts; returns (text, new tokens) per row."""
+    def _generate_batch(self, batch_ids, max_new_tokens, temperature, seeds, stop, prefix=(), prefix_cache=None):
+        """One `model.generate` call; returns (text, new tokens) per row.
+
+        Rows are left-padded. With a shared `prefix` whose KV cache is given, the layout is
+        prefix, padding, own tokens: the padding is masked out and position ids follow the mask,
+        so each row sees exactly its own prompt while the prefix is never recomputed.
+        """
         torch = _torch()
         width = max(len(ids) for ids in batch_ids)
         pad = self.tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch_ids])
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
+        prefix = list(prefix)
+        input_ids = torch.tensor([prefix + [pad] * (width - len(ids)) + ids for ids in batch_ids])
+        attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
         if temperature > 0:
             gens = [torch.Generator().manual_seed(s) for s in seeds]
             kwargs["logits_processor"] = [_SeededSampler(gens, temperature)]
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=self.tok)
-        if past is not None:
-            kwargs["cache"] = past
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch_ids))
+            kwargs["cache"] = cache
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
-        return [self._decode(row[width:], stop) for row in out]
+        return [self._decode(row[input_ids.shape[1]:], stop) for row in out]
 
     def _decode(self, new_ids, stop) -> tuple[str, int]:
         tokens = new_ids.tolist()
@@ -285,25 +300,6 @@ class LM:
             if cut >= 0:
                 text = text[:cut]
         return text.strip(), n
-
-    def _generate_with_prefix(self, todo, order, shared, max_new_tokens, stop, progress):
-        """Greedy generation that computes the KV cache of the shared prefix once.
-
-        Each prompt then only prefills its own suffix. Prompts run one at a time on a copy of the
-        prefix cache: on a CPU prefill dominates, and batch-1 keeps positions exact.
-        """
-        torch = _torch()
-        prefix = todo[order[0]][1][:shared]
-        with torch.inference_mode():
-            prefix_cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
-        for i in order:
-            ids = todo[i][1]
-            if len(ids) == shared:  # nothing after the prefix: the last token must be recomputed
-                text, n_new = self._generate_batch([ids], max_new_tokens, 0.0, [0], stop)[0]
-            else:
-                text, n_new = self._generate_batch([ids], max_new_tokens, 0.0, [0], stop, past=copy.deepcopy(prefix_cache))[0]
-            progress.step()
-            yield i, Generation(text, len(ids), n_new, truncated=todo[i][2])
 
     # ------------------------------------------------------------ scoring
 

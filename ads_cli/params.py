@@ -48,10 +48,29 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "optimizer": SMOLLM2,
         "threads": 0,
         "batch_size": 16,
-        "max_new_tokens": 48,
+        "max_new_tokens": 32,
         "temperature": 0.0,
         "seed": 0,
         "cache": True,
+    },
+    "apis": {
+        "retrieval_price": 50,
+        "demonstrate_n": 3,
+        "demonstrate_max_tokens": 120,
+        "answer_grounded": True,
+        "answer_k": 2,
+        "answer_max_tokens": 32,
+    },
+    "execute": {
+        "journal_every": 16,
+    },
+    "sample": {
+        "n_trajectories": 4,
+        "max_calls": 3,
+        "n_exemplars": 4,
+        "temperature": 0.8,
+        "max_new_tokens": 40,
+        "seed": 0,
     },
 }
 
@@ -95,6 +114,14 @@ def validate(params: dict) -> dict:
     for key in ("batch_size", "max_new_tokens"):
         _check_positive(params, "lm", key)
     _check_positive(params, "lm", "threads", 0)
+    for key in ("demonstrate_n", "demonstrate_max_tokens", "answer_k", "answer_max_tokens"):
+        _check_positive(params, "apis", key)
+    _check_positive(params, "apis", "retrieval_price", 0)
+    _check_positive(params, "execute", "journal_every")
+    for key in ("n_trajectories", "max_calls", "max_new_tokens"):
+        _check_positive(params, "sample", key)
+    _check_positive(params, "sample", "n_exemplars", 0)
+    _check_positive(params, "sample", "temperature", 0)
     _check_positive(params, "lm", "temperature", 0)
     return params
 

@@ -46,3 +46,12 @@ class Paths:
         """A path from params or a flag: relative ones are taken from the project folder."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.root / p
+
+    def iteration(self, k: int) -> Path:
+        return self.data / f"iter_{k}"
+
+    def trajectories(self, k: int) -> Path:
+        return self.iteration(k) / "trajectories.jsonl"
+
+    def executions(self, k: int) -> Path:
+        return self.iteration(k) / "executions.jsonl"

@@ -74,13 +74,15 @@ def test_stop_strings_cut_the_text(model):
     assert g.text and "\n" not in g.text and g.completion_tokens < 30
 
 
-def test_shared_prefix_gives_the_same_answers(model, monkeypatch):
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prefix_gives_the_same_answers(model, monkeypatch, temperature):
     context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
-    prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS[:3]]
-    shared = model.generate(prompts, max_new_tokens=8, chat=False)
+    prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
+    monkeypatch.setattr(model, "batch_size", 3)  # a full and a partial batch, each from the prefix cache
+    shared = model.generate(prompts, max_new_tokens=8, chat=False, temperature=temperature, seed=3)
     monkeypatch.setattr(lm, "MIN_SHARED_PREFIX", 10**9)
     model.cache = CallCache(None)
-    plain = model.generate(prompts, max_new_tokens=8, chat=False)
+    plain = model.generate(prompts, max_new_tokens=8, chat=False, temperature=temperature, seed=3)
     assert [g.text for g in shared] == [g.text for g in plain]
     assert [g.prompt_tokens for g in shared] == [g.prompt_tokens for g in plain]
 

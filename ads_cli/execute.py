@@ -1,0 +1,142 @@
+"""`ads execute`: run every call of every trajectory -> data/iter_K/executions.jsonl.
+
+Identical calls across trajectories run once. Each finished call is appended to a journal
+(`execute.journal.jsonl`, fsynced per chunk), so a killed run resumes without redoing them;
+the executions file is then assembled in trajectory order, so a resumed run writes the same
+bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from pathlib import Path
+
+import orjson
+
+from .apis import APIResult, call_many, registry
+from .errors import AdsError
+from .jsonl import read_jsonl, write_json, write_jsonl
+from .paths import Paths
+from .progress import log, track
+from .sample import api_context
+
+def validate_trajectory(record: dict) -> str | None:
+    for field in ("task_id", "trajectory_id"):
+        if not isinstance(record.get(field), str):
+            return f"field {field!r} must be a string"
+    calls = record.get("calls")
+    if not isinstance(calls, list):
+        return "field 'calls' must be a list"
+    for c in calls:
+        if not (isinstance(c, dict) and isinstance(c.get("api"), str) and isinstance(c.get("arg"), str)):
+            return "each call must be {\"api\": str, \"arg\": str}"
+    return None
+
+
+def _call_id(api: str, arg: str) -> str:
+    return f"{api}\x00{arg}"
+
+
+def read_journal(path: Path) -> tuple[dict[str, dict], int]:
+    """Finished calls, and the length of the journal's intact part.
+
+    A torn last line (the process was killed mid-write) is not counted; the caller cuts it off
+    before appending, so that it cannot fuse with the next record.
+    """
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done, 0
+    data = path.read_bytes()
+    valid = 0
+    for n, line in enumerate(data.split(b"\n"), start=1):
+        end = valid + len(line) + 1
+        if end > len(data):  # no newline yet: the write was cut short
+            break
+        if line.strip():
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise AdsError(f"{path}:{n}: corrupt journal line; delete the file to start execute afresh") from None
+            done[_call_id(rec["api"], rec["arg"])] = rec
+        valid = end
+    return done, valid
+
+
+def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
+    started = time.monotonic()
+    traj_path = paths.trajectories(iteration)
+    if not traj_path.exists():
+        raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
+    if not (paths.index / "manifest.json").exists():
+        raise AdsError(f"{paths.index}: no index; run `ads index` first")
+    trajectories = read_jsonl(traj_path, validate_trajectory)
+    apis = registry(api_context(params, paths, use_cache))
+
+    unique: dict[str, tuple[str, str]] = {}
+    for t in trajectories:
+        for c in t["calls"]:
+            unique.setdefault(_call_id(c["api"], c["arg"]), (c["api"], c["arg"]))
+    journal_path = paths.iteration(iteration) / "execute.journal.jsonl"
+    done, intact = read_journal(journal_path)
+    todo = collections.defaultdict(list)
+    for cid, (api, arg) in unique.items():
+        if cid not in done:
+            todo[api].append(arg)
+    resumed = len(done)
+
+    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    if journal_path.exists():
+        os.truncate(journal_path, intact)
+    with track("execute: calls", total=len(unique) - resumed) as progress, journal_path.open("ab") as journal:
+        for api_name in sorted(todo):
+            args = todo[api_name]
+            # a chunk is batched through the model, then journaled: small enough to lose little
+            every = params["execute"]["journal_every"]
+            for start in range(0, len(args), every):
+                chunk = args[start: start + every]
+                if api_name in apis:
+                    results = call_many(apis[api_name], chunk)
+                else:
+                    results = [APIResult(api_name, a, ok=False, error=f"unknown API {api_name!r}") for a in chunk]
+                for r in results:
+                    rec = r.as_dict()
+                    done[_call_id(r.api, r.arg)] = rec
+                    journal.write(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS) + b"\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+                progress.step(len(chunk))
+
+    executions = []
+    for t in trajectories:
+        items, errors, cost = [], [], 0.0
+        if t.get("parse_error"):
+            errors.append({"call": None, "error": f"parse error: {t['parse_error']}"})
+        for n, c in enumerate(t["calls"]):
+            r = done[_call_id(c["api"], c["arg"])]
+            cost += r["cost"]
+            items.extend(dict(item, call=n) for item in r["items"])
+            if r["error"]:
+                errors.append({"call": n, "api": c["api"], "arg": c["arg"], "error": r["error"]})
+        executions.append({"trajectory_id": t["trajectory_id"], "task_id": t["task_id"], "items": items, "cost": cost, "errors": errors})
+    write_jsonl(paths.executions(iteration), executions)
+
+    manifest = {
+        "stage": "execute",
+        "iteration": iteration,
+        "params": {"apis": params["apis"], "execute": params["execute"]},
+        "counts": {
+            "trajectories": len(trajectories),
+            "calls": sum(len(t["calls"]) for t in trajectories),
+            "unique_calls": len(unique),
+            "resumed_calls": resumed,
+            "failed_calls": sum(not r["ok"] for cid, r in done.items() if cid in unique),
+            "items": dict(collections.Counter(i["kind"] for e in executions for i in e["items"])),
+        },
+        "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(done[c]["cost"] for c in unique)},
+        "timings": {"total_s": round(time.monotonic() - started, 3)},
+    }
+    write_json(paths.iteration(iteration) / "execute_manifest.json", manifest)
+    log.info("execute: %s", manifest["counts"])
+    return manifest
