@@ -66,6 +66,13 @@ class CallCache:
         self.hits += 1
         return orjson.loads(row[0])
 
+    def peek(self, key: str) -> bool:
+        """Whether `key` is stored; not counted as a hit or a miss."""
+        if self._db is None:
+            return False
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone() is not None
+
     def put(self, key: str, value: Any) -> None:
         if self._db is None:
             return

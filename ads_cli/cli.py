@@ -169,6 +169,60 @@ def execute(
 
 
 @app.command()
+def train(
+    iterations: Optional[int] = typer.Option(None, "--iter", min=1, help="How many times to run sample -> execute -> update. Default: train.iterations."),
+    no_cache: bool = NoCacheOpt,
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run the ADS loop: sample -> execute -> reward and improve the optimizer, N times.
+
+    Reads: data/prepared/tasks_train.jsonl, data/index/, the models. Writes per iteration K:
+    data/iter_K/{trajectories,executions,rewards,best,preferences,optimizer_state}.jsonl and
+    manifests; results/train_metrics.json and results/train_plot.json. A partly finished
+    iteration resumes (call cache + execute journal).
+    """
+    from . import train as stage_mod
+
+    with stage("train", params, set_, verbose) as (p, paths):
+        s = stage_mod.run(p, paths, iterations, use_cache=False if no_cache else None)
+        line = (f"train: {s['iterations']} iterations, last: mean reward {s['mean_reward']:+.4f}, mean gain {s['mean_gain']:+.4f},"
+                f" mean cost {s['mean_cost']:.0f}, parse rate {s['parse_rate']:.0%}")
+        if "last_vs_previous" in s:
+            c = s["last_vs_previous"]
+            line += f"; iteration {c['to']} vs {c['from']}: {c['mean_diff']:+.4f} per task, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
+        console.print(line + f" in {s['timings']['total_s']:.0f}s -> results/train_metrics.json")
+
+
+@app.command()
+def evaluate(
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="Evaluate your own task file (the schema of data/prepared/tasks_test.jsonl) without retraining."),
+    no_cache: bool = NoCacheOpt,
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Compare the trained optimizer with baselines on test tasks it never saw.
+
+    Reads: data/prepared/tasks_test.jsonl (or --tasks), data/index/, the last iteration's
+    optimizer state. Writes: results/evaluation.json, results/metrics.json, results/plot_scores.json
+    and results/report.md.
+    """
+    from . import evaluate as stage_mod
+
+    with stage("evaluate", params, set_, verbose) as (p, paths):
+        ev = stage_mod.run(p, paths, tasks, use_cache=False if no_cache else None)
+        m = ev["metrics"]
+        console.print(
+            f"evaluate: {ev['completed_tasks']}/{ev['total_tasks']} tasks; ADS {m['avg_score']:.3f} vs no data {m['avg_baseline_score']:.3f}"
+            f" ({m['mean_diff_vs_no_data']:+.3f}, 95% CI [{m['ci95_vs_no_data'][0]:+.3f}, {m['ci95_vs_no_data'][1]:+.3f}]),"
+            f" win/tie/loss {m['win_rate']:.0%}/{m['tie_rate']:.0%}/{m['loss_rate']:.0%}, mean cost {m['avg_cost']:.0f}"
+            f" in {ev['timings']['total_s']:.0f}s -> results/report.md"
+        )
+
+
+@app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt; sent as a user chat message unless --raw."),
     role: str = typer.Option("policy", "--role", help="Which model of params.yaml answers: policy or optimizer."),

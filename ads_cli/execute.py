@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 from .apis import APIResult, call_many, registry
+from .cache import call_key
 from .errors import AdsError
 from .jsonl import read_jsonl, write_json, write_jsonl
 from .paths import Paths
@@ -35,15 +36,30 @@ def validate_trajectory(record: dict) -> str | None:
     return None
 
 
+def validate_execution(record: dict) -> str | None:
+    for field, kind in (("trajectory_id", str), ("task_id", str), ("items", list), ("errors", list)):
+        if not isinstance(record.get(field), kind):
+            return f"field {field!r} must be a {kind.__name__}"
+    if not isinstance(record.get("cost"), (int, float)):
+        return "field 'cost' must be a number"
+    return None
+
+
 def _call_id(api: str, arg: str) -> str:
     return f"{api}\x00{arg}"
 
 
-def read_journal(path: Path) -> tuple[dict[str, dict], int]:
+def fingerprint(params: dict) -> str:
+    """What call results depend on besides (api, arg): a journal written under other settings is void."""
+    return call_key(params["apis"], params["index"], params["lm"]["policy"])[:16]
+
+
+def read_journal(path: Path, expected: str = "") -> tuple[dict[str, dict], int]:
     """Finished calls, and the length of the journal's intact part.
 
-    A torn last line (the process was killed mid-write) is not counted; the caller cuts it off
-    before appending, so that it cannot fuse with the next record.
+    The first line names the settings the calls ran with; a journal from other settings counts
+    as empty. A torn last line (the process was killed mid-write) is not counted; the caller
+    cuts it off before appending, so that it cannot fuse with the next record.
     """
     done: dict[str, dict] = {}
     if not path.exists():
@@ -59,41 +75,41 @@ def read_journal(path: Path) -> tuple[dict[str, dict], int]:
                 rec = orjson.loads(line)
             except orjson.JSONDecodeError:
                 raise AdsError(f"{path}:{n}: corrupt journal line; delete the file to start execute afresh") from None
-            done[_call_id(rec["api"], rec["arg"])] = rec
+            if "journal" in rec:
+                if rec["journal"] != expected:
+                    log.info("%s: written under other settings; starting afresh", path)
+                    return {}, 0
+            else:
+                done[_call_id(rec["api"], rec["arg"])] = rec
         valid = end
     return done, valid
 
 
-def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
-    started = time.monotonic()
-    traj_path = paths.trajectories(iteration)
-    if not traj_path.exists():
-        raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
-    if not (paths.index / "manifest.json").exists():
-        raise AdsError(f"{paths.index}: no index; run `ads index` first")
-    trajectories = read_jsonl(traj_path, validate_trajectory)
-    apis = registry(api_context(params, paths, use_cache))
+def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: int, journal_key: str,
+              desc: str = "execute: calls") -> tuple[dict[str, dict], int]:
+    """Run each distinct call of `trajectories` once, journaling results; returns (results, resumed).
 
+    Results already in the journal are reused, so a killed run resumes where it stopped.
+    """
     unique: dict[str, tuple[str, str]] = {}
     for t in trajectories:
         for c in t["calls"]:
             unique.setdefault(_call_id(c["api"], c["arg"]), (c["api"], c["arg"]))
-    journal_path = paths.iteration(iteration) / "execute.journal.jsonl"
-    done, intact = read_journal(journal_path)
+    done, intact = read_journal(journal_path, journal_key)
+    resumed = sum(cid in done for cid in unique)
     todo = collections.defaultdict(list)
     for cid, (api, arg) in unique.items():
         if cid not in done:
             todo[api].append(arg)
-    resumed = len(done)
-
     journal_path.parent.mkdir(parents=True, exist_ok=True)
     if journal_path.exists():
         os.truncate(journal_path, intact)
-    with track("execute: calls", total=len(unique) - resumed) as progress, journal_path.open("ab") as journal:
+    with track(desc, total=len(unique) - resumed) as progress, journal_path.open("ab") as journal:
+        if intact == 0:
+            journal.write(orjson.dumps({"journal": journal_key}) + b"\n")
         for api_name in sorted(todo):
             args = todo[api_name]
             # a chunk is batched through the model, then journaled: small enough to lose little
-            every = params["execute"]["journal_every"]
             for start in range(0, len(args), every):
                 chunk = args[start: start + every]
                 if api_name in apis:
@@ -107,19 +123,39 @@ def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None =
                 journal.flush()
                 os.fsync(journal.fileno())
                 progress.step(len(chunk))
+    return {cid: done[cid] for cid in unique}, resumed
 
-    executions = []
-    for t in trajectories:
-        items, errors, cost = [], [], 0.0
-        if t.get("parse_error"):
-            errors.append({"call": None, "error": f"parse error: {t['parse_error']}"})
-        for n, c in enumerate(t["calls"]):
-            r = done[_call_id(c["api"], c["arg"])]
-            cost += r["cost"]
-            items.extend(dict(item, call=n) for item in r["items"])
-            if r["error"]:
-                errors.append({"call": n, "api": c["api"], "arg": c["arg"], "error": r["error"]})
-        executions.append({"trajectory_id": t["trajectory_id"], "task_id": t["task_id"], "items": items, "cost": cost, "errors": errors})
+
+def assemble(trajectory: dict, results: dict[str, dict]) -> dict:
+    """A trajectory's execution: its calls' items (with provenance), summed cost, errors."""
+    items, errors, cost = [], [], 0.0
+    if trajectory.get("parse_error"):
+        errors.append({"call": None, "error": f"parse error: {trajectory['parse_error']}"})
+    for n, c in enumerate(trajectory["calls"]):
+        r = results[_call_id(c["api"], c["arg"])]
+        cost += r["cost"]
+        items.extend(dict(item, call=n) for item in r["items"])
+        if r["error"]:
+            errors.append({"call": n, "api": c["api"], "arg": c["arg"], "error": r["error"]})
+    return {"trajectory_id": trajectory["trajectory_id"], "task_id": trajectory["task_id"], "items": items, "cost": cost, "errors": errors}
+
+
+def require_index(paths: Paths) -> None:
+    if not (paths.index / "manifest.json").exists():
+        raise AdsError(f"{paths.index}: no index; run `ads index` first")
+
+
+def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
+    started = time.monotonic()
+    traj_path = paths.trajectories(iteration)
+    if not traj_path.exists():
+        raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
+    require_index(paths)
+    trajectories = read_jsonl(traj_path, validate_trajectory)
+    apis = registry(api_context(params, paths, use_cache))
+    results, resumed = run_calls(apis, trajectories, paths.iteration(iteration) / "execute.journal.jsonl",
+                                 params["execute"]["journal_every"], fingerprint(params))
+    executions = [assemble(t, results) for t in trajectories]
     write_jsonl(paths.executions(iteration), executions)
 
     manifest = {
@@ -129,12 +165,12 @@ def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None =
         "counts": {
             "trajectories": len(trajectories),
             "calls": sum(len(t["calls"]) for t in trajectories),
-            "unique_calls": len(unique),
+            "unique_calls": len(results),
             "resumed_calls": resumed,
-            "failed_calls": sum(not r["ok"] for cid, r in done.items() if cid in unique),
+            "failed_calls": sum(not r["ok"] for r in results.values()),
             "items": dict(collections.Counter(i["kind"] for e in executions for i in e["items"])),
         },
-        "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(done[c]["cost"] for c in unique)},
+        "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(r["cost"] for r in results.values())},
         "timings": {"total_s": round(time.monotonic() - started, 3)},
     }
     write_json(paths.iteration(iteration) / "execute_manifest.json", manifest)

@@ -165,6 +165,56 @@ class _SeededSampler:
         return forced
 
 
+class LineGrammar:
+    """Constrained decoding: each generated line must start with one of `options`; the rest of
+    the line is free. The optimizer's lines start with an API name (`retrieve:`), `none` or
+    `end`, so a 135M model can no longer invent an API or a prose line, while it still writes
+    the argument itself."""
+
+    def __init__(self, options: Sequence[str], first_line_options: Sequence[str] | None = None, terminal: Sequence[str] = ()):
+        """`terminal` options (e.g. `none`, `end`) are whole lines: nothing may follow them but a newline."""
+        self.options = list(options)
+        self.first_line_options = list(first_line_options or options)
+        self.terminal = list(terminal)
+        self._texts: list[str] | None = None
+        self._allowed: dict[tuple[str, bool], list[int] | None] = {}
+
+    def key(self) -> list:
+        return [self.options, self.first_line_options, self.terminal]
+
+    def allowed(self, tok, line: str, first_line: bool) -> list[int] | None:
+        """Token ids that may follow `line` (the current line so far); None means any token."""
+        if (line, first_line) in self._allowed:
+            return self._allowed[(line, first_line)]
+        if self._texts is None:
+            self._texts = tok.batch_decode([[i] for i in range(len(tok))])
+        options = self.first_line_options if first_line else self.options
+        if line in self.terminal and line in options:
+            result = [i for i, text in enumerate(self._texts) if text.startswith("\n")] + [tok.eos_token_id]
+        elif any(line.startswith(o) for o in options) or not any(o.startswith(line) for o in options):
+            result = None
+        else:
+            result = [i for i, text in enumerate(self._texts) if text and "\n" not in text
+                      and any((line + text).startswith(o) or o.startswith(line + text) for o in options)]
+        self._allowed[(line, first_line)] = result
+        return result
+
+
+class _GrammarProcessor:
+    def __init__(self, grammar: LineGrammar, tok, start: int):
+        self.grammar, self.tok, self.start = grammar, tok, start
+
+    def __call__(self, input_ids, scores):
+        for row in range(scores.shape[0]):
+            text = self.tok.decode(input_ids[row, self.start:].tolist(), skip_special_tokens=True)
+            allowed = self.grammar.allowed(self.tok, text.rsplit("\n", 1)[-1], "\n" not in text)
+            if allowed is not None:
+                keep = scores[row, allowed].clone()
+                scores[row, :] = float("-inf")
+                scores[row, allowed] = keep
+        return scores
+
+
 class LM:
     def __init__(self, model, tokenizer, weights_hash: str, name: str, batch_size: int = 16, cache: CallCache | None = None):
         self.model, self.tok = model, tokenizer
@@ -216,6 +266,7 @@ class LM:
         stop: Sequence[str] | None = None,
         chat: bool = True,
         desc: str = "generate",
+        grammar: LineGrammar | None = None,
     ) -> list[Generation]:
         stop = list(stop or [])
         rendered = [self.render(p, chat) for p in prompts]
@@ -225,8 +276,7 @@ class LM:
         results: list[Generation | None] = [None] * len(rendered)
         todo: dict[int, tuple[str, list[int], bool, int]] = {}
         for i, text in enumerate(rendered):
-            prompt_seed = int(call_key(seed, text)[:8], 16) if temperature > 0 else None
-            key = call_key("generate", self.weights_hash, text, max_new_tokens, temperature, prompt_seed, stop)
+            key, prompt_seed = self._key(text, max_new_tokens, temperature, seed, stop, grammar)
             hit = self.cache.get(key)
             if hit is not None:
                 results[i] = Generation(**hit, cached=True)
@@ -235,12 +285,27 @@ class LM:
                 todo[i] = (key, ids, truncated, prompt_seed or 0)
         if todo:
             with track(desc, total=len(todo)) as progress:
-                for i, gen in self._generate_uncached(todo, max_new_tokens, temperature, stop, progress):
+                for i, gen in self._generate_uncached(todo, max_new_tokens, temperature, stop, progress, grammar):
                     self.cache.put(todo[i][0], {k: v for k, v in asdict(gen).items() if k != "cached"})
                     results[i] = gen
         return results  # type: ignore[return-value]
 
-    def _generate_uncached(self, todo, max_new_tokens, temperature, stop, progress):
+    def _key(self, rendered: str, max_new_tokens: int, temperature: float, seed: int, stop: list[str],
+             grammar: LineGrammar | None = None) -> tuple[str, int | None]:
+        """The call-cache key of one generation, and the prompt's own sampling seed."""
+        prompt_seed = int(call_key(seed, rendered)[:8], 16) if temperature > 0 else None
+        parts = ["generate", self.weights_hash, rendered, max_new_tokens, temperature, prompt_seed, stop]
+        if grammar is not None:
+            parts.append(grammar.key())
+        return call_key(*parts), prompt_seed
+
+    def all_cached(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0,
+                   seed: int = 0, stop: Sequence[str] | None = None, chat: bool = True) -> bool:
+        """True when `generate` with these arguments would be answered from the cache alone."""
+        return all(self.cache.peek(self._key(self.render(p, chat), max_new_tokens, temperature, seed, list(stop or []))[0])
+                   for p in prompts)
+
+    def _generate_uncached(self, todo, max_new_tokens, temperature, stop, progress, grammar=None):
         torch = _torch()
         order = sorted(todo, key=lambda i: -len(todo[i][1]))
         prefix: list[int] = []
@@ -255,12 +320,12 @@ class LM:
         for start in range(0, len(order), self.batch_size):
             batch = order[start: start + self.batch_size]
             outputs = self._generate_batch([todo[i][1][len(prefix):] for i in batch], max_new_tokens, temperature,
-                                           [todo[i][3] for i in batch], stop, prefix, prefix_cache)
+                                           [todo[i][3] for i in batch], stop, prefix, prefix_cache, grammar)
             for i, (text, n_new) in zip(batch, outputs):
                 yield i, Generation(text, len(todo[i][1]), n_new, truncated=todo[i][2])
             progress.step(len(batch))
 
-    def _generate_batch(self, batch_ids, max_new_tokens, temperature, seeds, stop, prefix=(), prefix_cache=None):
+    def _generate_batch(self, batch_ids, max_new_tokens, temperature, seeds, stop, prefix=(), prefix_cache=None, grammar=None):
         """One `model.generate` call; returns (text, new tokens) per row.
 
         Rows are left-padded. With a shared `prefix` whose KV cache is given, the layout is
@@ -274,9 +339,11 @@ class LM:
         input_ids = torch.tensor([prefix + [pad] * (width - len(ids)) + ids for ids in batch_ids])
         attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
-        if temperature > 0:
-            gens = [torch.Generator().manual_seed(s) for s in seeds]
-            kwargs["logits_processor"] = [_SeededSampler(gens, temperature)]
+        processors = [_GrammarProcessor(grammar, self.tok, input_ids.shape[1])] if grammar is not None else []
+        if temperature > 0:  # after the grammar: it samples among the tokens the grammar allows
+            processors.append(_SeededSampler([torch.Generator().manual_seed(s) for s in seeds], temperature))
+        if processors:
+            kwargs["logits_processor"] = processors
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=self.tok)
         if prefix_cache is not None:

@@ -97,3 +97,22 @@ def parse_trajectory(raw: str, api_names: set[str], max_calls: int) -> tuple[lis
     if not calls:
         return [], "no calls (an empty trajectory is written 'none')"
     return calls[:max_calls], None
+
+
+def select_exemplars(category: str, state: list[dict], n: int) -> list[dict]:
+    """Exemplars for a task of `category`: learned ones of the same category first (best reward
+    first), then other learned ones, then the seeds. Depends only on the category, so all tasks
+    of a category share one prompt prefix."""
+    learned = sorted(state, key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
+    chosen = learned[:n]
+    return chosen + seed_exemplars()[: n - len(chosen)]
+
+
+def exemplar_from(task: dict, baseline: list[dict], calls: list[dict], reward: float, iteration: int) -> dict:
+    """A learned exemplar in the seed exemplars' schema, from a task's best trajectory."""
+    example = task["observed"][0]
+    ref = example["reference"]
+    return {"seed": False, "task": task["name"], "task_id": task["id"], "category": task["category"],
+            "example": last_message(example["input"]), "reference": ref[0] if isinstance(ref, list) else ref,
+            "policy_answer": baseline[0]["answer"], "score": baseline[0]["score"],
+            "calls": calls, "reward": reward, "iteration": iteration}

@@ -34,10 +34,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_ascii_ratio": 0.95,
         "min_english_share": 0.1,
         "default_metric": "contains",
-        "n_test": 20,
-        "n_train": 40,
+        "n_test": 12,
+        "n_train": 16,
         "observed": 3,
-        "heldout": 10,
+        "heldout": 8,
     },
     "index": {
         "title_boost": 0.25,
@@ -70,6 +70,26 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "n_exemplars": 4,
         "temperature": 0.8,
         "max_new_tokens": 40,
+        "constrained": True,
+        "seed": 0,
+    },
+    "train": {
+        "iterations": 2,
+        "update": "icl",
+        "context_tokens": 256,
+        "lambda": 0.1,
+        "cost_scale": 1000.0,
+        "min_reward": 0.0,
+        "optimizer_update": "exemplars",
+        "lora_r": 8,
+        "lora_steps": 20,
+        "lora_lr": 0.001,
+        "lora_batch": 8,
+        "lora_max_tokens": 64,
+        "seed": 0,
+    },
+    "evaluate": {
+        "tie_epsilon": 0.05,
         "seed": 0,
     },
 }
@@ -118,6 +138,18 @@ def validate(params: dict) -> dict:
         _check_positive(params, "apis", key)
     _check_positive(params, "apis", "retrieval_price", 0)
     _check_positive(params, "execute", "journal_every")
+    t = params["train"]
+    if t["update"] not in ("icl", "lora"):
+        raise AdsError(f"params: train.update must be icl or lora, got {t['update']!r}")
+    if t["optimizer_update"] not in ("exemplars", "sft"):
+        raise AdsError(f"params: train.optimizer_update must be exemplars or sft, got {t['optimizer_update']!r}")
+    for key in ("iterations", "context_tokens", "lora_r", "lora_steps", "lora_batch", "lora_max_tokens"):
+        _check_positive(params, "train", key)
+    for key in ("cost_scale", "lora_lr"):
+        if t[key] <= 0:
+            raise AdsError(f"params: train.{key} must be > 0, got {t[key]}")
+    _check_positive(params, "train", "lambda", 0)
+    _check_positive(params, "evaluate", "tie_epsilon", 0)
     for key in ("n_trajectories", "max_calls", "max_new_tokens"):
         _check_positive(params, "sample", key)
     _check_positive(params, "sample", "n_exemplars", 0)

@@ -55,3 +55,8 @@ class Paths:
 
     def executions(self, k: int) -> Path:
         return self.iteration(k) / "executions.jsonl"
+
+    @property
+    def optimizer(self) -> Path:
+        """The trained optimizer that `ads train` hands to `ads evaluate`."""
+        return self.data / "optimizer"

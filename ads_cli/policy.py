@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .lm import LM, Generation
 from .metrics import score
+from .prepare import last_message
 
 
 def example_messages(example_input: Any, context: str = "") -> list[dict]:
@@ -29,3 +31,52 @@ def answer_examples(model: LM, tasks: list[dict], split: str, max_new_tokens: in
         ref = task[split][j]["reference"]
         out[task["id"]].append({"answer": g.text, "score": score(task["metric"], g.text, ref), "tokens": g.cost})
     return out
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def item_text(item: dict) -> str:
+    """How a collected item reads in the policy's context."""
+    kind = item.get("kind")
+    if kind == "demonstration":
+        return f"Q: {item['instruction']}\nA: {item['response']}"
+    if kind == "qa":
+        return f"Q: {item['question']}\nA: {item['answer']}"
+    title = item.get("title")
+    return f"{title}: {item['text']}" if title else str(item.get("text", ""))
+
+
+def build_context(task: dict, items: list[dict], budget_tokens: int, count_tokens) -> str:
+    """The collected items, most relevant first, under a token budget.
+
+    Relevance is word overlap with the task's name and observed inputs (never the held-out
+    ones). One context per trajectory, the same for all its held-out questions: the prompts
+    then share a prefix whose KV cache the engine computes once.
+    """
+    if not items:
+        return ""
+    task_words = set(_WORDS.findall(" ".join([task["name"]] + [last_message(e["input"]) for e in task["observed"]]).lower()))
+    texts = list(dict.fromkeys(item_text(i) for i in items))  # identical items once, first kept
+
+    def relevance(pair):
+        index, text = pair
+        words = set(_WORDS.findall(text.lower()))
+        return (-len(words & task_words) / (1 + len(words)) ** 0.5, index)
+
+    chosen, used = [], 0
+    for _, text in sorted(enumerate(texts), key=relevance):
+        n = count_tokens(text)
+        if used + n > budget_tokens:
+            continue
+        chosen.append(text)
+        used += n
+    return "\n\n".join(chosen)
+
+
+def score_with_context(model: LM, task: dict, context: str, max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
+    """The policy answers `split` with `context` in its prompt; returns [{answer, score, tokens}]."""
+    prompts = [example_messages(e["input"], context) for e in task[split]]
+    gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
+    return [{"answer": g.text, "score": score(task["metric"], g.text, e["reference"]), "tokens": g.cost}
+            for e, g in zip(task[split], gens)]

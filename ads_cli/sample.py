@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import collections
 import time
+from pathlib import Path
 
 from . import lm as lm_mod
+from .lm import LineGrammar
 from .apis import APIContext, registry
 from .errors import AdsError
 from .index import Searcher
 from .jsonl import read_jsonl, write_json, write_jsonl
-from .optimizer import STOP, build_prompt, error_kind, parse_trajectory, seed_exemplars
+from .optimizer import STOP, build_prompt, error_kind, parse_trajectory, select_exemplars
 from .paths import Paths
 from .policy import answer_examples
 from .progress import log
@@ -40,32 +42,68 @@ def api_context(params: dict, paths: Paths, use_cache: bool | None = None) -> AP
     return APIContext(params, lambda: Searcher(paths.index), lambda: lm_mod.load_role(params, "policy", use_cache))
 
 
+def load_optimizer(params: dict, paths: Paths, iteration: int, use_cache: bool | None = None):
+    """The optimizer going into `iteration`: its model (LoRA-tuned under `sft`) and learned exemplars."""
+    from .train import load_state  # the optimizer's state is what train wrote for the last iteration
+
+    optimizer = lm_mod.load_role(params, "optimizer", use_cache)
+    state = load_state(paths, iteration)
+    if iteration > 1:
+        from .lora import adapter_dir
+
+        optimizer = with_adapter(optimizer, adapter_dir(paths, iteration - 1))
+    return optimizer, state
+
+
+def with_adapter(optimizer, adapter: Path):
+    """The optimizer with its LoRA adapter where `sft` saved one (none when nothing was kept)."""
+    if not adapter.exists():
+        return optimizer
+    from .lora import load_tuned_optimizer
+
+    return load_tuned_optimizer(optimizer, adapter)
+
+
+def propose(optimizer, tasks: list[dict], baseline: dict, state: list[dict], apis: dict, p: dict,
+            iteration: int, n_trajectories: int, temperature: float, label: str = "sample") -> list[dict]:
+    """The optimizer writes `n_trajectories` per task; trajectory j is sampled with seed + j."""
+    descriptions = [getattr(a, "description", f"{name}: <argument>") for name, a in apis.items()]
+    calls = [f"{name}:" for name in apis]
+    grammar = LineGrammar(calls + ["end"], first_line_options=calls + ["none"], terminal=["none", "end"]) if p["constrained"] else None
+    # tasks of one category share exemplars, hence a prompt prefix the engine computes once
+    groups: dict[str, list[dict]] = {}
+    for task in tasks:
+        groups.setdefault(task["category"], []).append(task)
+    records = []
+    for category, group in sorted(groups.items()):
+        exemplars = select_exemplars(category, state, p["n_exemplars"])
+        prompts = [build_prompt(t, baseline[t["id"]], exemplars, descriptions) for t in group]
+        for j in range(n_trajectories):
+            gens = optimizer.generate(prompts, max_new_tokens=p["max_new_tokens"], temperature=temperature,
+                                      seed=p["seed"] + j, stop=STOP, chat=False, grammar=grammar,
+                                      desc=f"{label}: {category} trajectory {j + 1}/{n_trajectories}")
+            for task, prompt, g in zip(group, prompts, gens):
+                calls, error = parse_trajectory(g.text, set(apis), p["max_calls"])
+                record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
+                          "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt,
+                          "exemplars": [e.get("task_id", e["task"]) for e in exemplars]}
+                if error:
+                    record["parse_error"] = error
+                records.append(record)
+    return sorted(records, key=lambda r: r["trajectory_id"])
+
+
 def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
     p = params["sample"]
     started = time.monotonic()
     tasks = load_tasks(paths.tasks_train)
     apis = registry(api_context(params, paths, use_cache))
-    descriptions = [getattr(a, "description", f"{name}: <argument>") for name, a in apis.items()]
     policy = lm_mod.load_role(params, "policy", use_cache)
-    optimizer = lm_mod.load_role(params, "optimizer", use_cache)
-
+    optimizer, state = load_optimizer(params, paths, iteration, use_cache)
     # self-knowledge: the policy's own answers on the observed examples (the call cache keeps them)
     baseline = answer_examples(policy, tasks, "observed", params["lm"]["max_new_tokens"], "sample: policy baseline")
-    exemplars = seed_exemplars()[: p["n_exemplars"]]
-    prompts = [build_prompt(t, baseline[t["id"]], exemplars, descriptions) for t in tasks]
+    records = propose(optimizer, tasks, baseline, state, apis, p, iteration, p["n_trajectories"], p["temperature"])
 
-    records = []
-    for j in range(p["n_trajectories"]):
-        gens = optimizer.generate(prompts, max_new_tokens=p["max_new_tokens"], temperature=p["temperature"],
-                                  seed=p["seed"] + j, stop=STOP, chat=False, desc=f"sample: trajectory {j + 1}/{p['n_trajectories']}")
-        for task, g in zip(tasks, gens):
-            calls, error = parse_trajectory(g.text, set(apis), p["max_calls"])
-            record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
-                      "calls": calls, "raw": g.text, "cost": g.cost}
-            if error:
-                record["parse_error"] = error
-            records.append(record)
-    records.sort(key=lambda r: r["trajectory_id"])
     write_jsonl(paths.trajectories(iteration), records)
 
     parsed = [r for r in records if "parse_error" not in r]
@@ -73,8 +111,9 @@ def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None =
         "stage": "sample",
         "iteration": iteration,
         "params": p,
+        "optimizer": optimizer.name,
         "counts": {
-            "tasks": len(tasks), "trajectories": len(records),
+            "tasks": len(tasks), "learned_exemplars": len(state), "trajectories": len(records),
             "parse_rate": round(len(parsed) / len(records), 4),
             "empty_trajectories": sum(not r["calls"] for r in parsed),
             "api_mix": dict(collections.Counter(c["api"] for r in parsed for c in r["calls"])),

@@ -62,14 +62,22 @@ def make_docs() -> list[dict]:
     return docs
 
 
-def make_flat_tasks(n_tasks: int = 6, n_examples: int = 8) -> list[dict]:
-    """One example per record, as a user would write them."""
+def make_flat_tasks(n_tasks: int = 6, n_examples: int = 8, hard: bool = False) -> list[dict]:
+    """One example per record, as a user would write them.
+
+    `hard` tasks ask for an answer format the 135M policy gets wrong, so that the optimizer,
+    seeing its scores of 0, asks for data rather than writing `none`.
+    """
     records = []
     for t in range(n_tasks):
         for e in range(n_examples):
             country, capital = CAPITALS[(t + e) % len(CAPITALS)]
-            records.append({"task": f"task{t}", "input": f"What is the capital of {country}? (variant {e})",
-                            "reference": capital, "metric": "contains"})
+            if hard:
+                records.append({"task": f"task{t}", "input": f"Which city is the seat of government of {country}? Answer as CITY/COUNTRY.",
+                                "reference": f"{capital}/{country}", "metric": "contains"})
+            else:
+                records.append({"task": f"task{t}", "input": f"What is the capital of {country}? (variant {e})",
+                                "reference": capital, "metric": "contains"})
     return records
 
 
@@ -88,3 +96,25 @@ def user_files(project) -> tuple[Path, Path]:
     docs = write_jsonl(project.root / "my_docs.jsonl", make_docs())
     tasks = write_jsonl(project.root / "my_tasks.jsonl", make_flat_tasks())
     return docs, tasks
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project prepared from the small user files and trained for 2 iterations (tiny params)."""
+    from typer.testing import CliRunner
+
+    from ads_cli.cli import app
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        params = params_mod.load(REPO / "params.tiny.yaml")
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        write_jsonl(root / "docs.jsonl", make_docs())
+        write_jsonl(root / "tasks.jsonl", make_flat_tasks(hard=True))
+        runner = CliRunner()
+        for args in (["prepare", "--docs", "docs.jsonl", "--tasks", "tasks.jsonl"], ["index"],
+                     ["train", "--iter", "2", "--set", "train.min_reward=-1"]):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+        yield Paths(root)

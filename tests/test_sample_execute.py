@@ -109,20 +109,20 @@ def test_sigkill_midway_then_rerun_gives_identical_executions(prepared, tmp_path
     journal = prepared.iteration(1) / "execute.journal.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and journal.read_bytes().count(b"\n") >= 2:
+        if journal.exists() and journal.read_bytes().count(b"\n") >= 3:  # the header and two calls
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    lines_at_kill = journal.read_bytes().count(b"\n")
-    assert 2 <= lines_at_kill < 8, "the kill did not land midway"
+    calls_at_kill = journal.read_bytes().count(b"\n") - 1
+    assert 2 <= calls_at_kill < 8, "the kill did not land midway"
     assert not prepared.executions(1).exists()
 
     result = subprocess.run(cmd, cwd=prepared.root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     resumed = read_json(prepared.iteration(1) / "execute_manifest.json")["counts"]["resumed_calls"]
     assert resumed >= 2
-    assert journal.read_bytes().count(b"\n") == 8  # nothing ran twice
+    assert journal.read_bytes().count(b"\n") == 1 + 8  # the header, then each call once: nothing ran twice
     killed_run = prepared.executions(1).read_bytes()
 
     journal.unlink()
@@ -134,9 +134,11 @@ def test_sigkill_midway_then_rerun_gives_identical_executions(prepared, tmp_path
 def test_torn_journal_line_is_cut_off(tmp_path):
     path = tmp_path / "j.jsonl"
     good = orjson.dumps(APIResult("retrieve", "a").as_dict()) + b"\n"
-    path.write_bytes(good + b'{"api": "retrieve", "ar')
-    done, intact = execute.read_journal(path)
-    assert list(done) == ["retrieve\x00a"] and intact == len(good)
+    header = b'{"journal": "k1"}\n'
+    path.write_bytes(header + good + b'{"api": "retrieve", "ar')
+    done, intact = execute.read_journal(path, "k1")
+    assert list(done) == ["retrieve\x00a"] and intact == len(header + good)
+    assert execute.read_journal(path, "other settings") == ({}, 0)
 
 
 def _one_line_error(result, fragment):

@@ -1,0 +1,50 @@
+"""`Pipeline`: the whole ADS pipeline from Python, for notebooks.
+
+    from ads_cli import Pipeline
+    Pipeline.from_params("params.yaml").run()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import params as params_mod
+from .paths import Paths
+
+
+@dataclass
+class Pipeline:
+    params: dict
+    paths: Paths = field(default_factory=Paths.here)
+
+    @classmethod
+    def from_params(cls, path: str | Path = "params.yaml", overrides: list[str] | None = None, root: str | Path | None = None) -> "Pipeline":
+        return cls(params_mod.load(path, overrides), Paths(Path(root)) if root else Paths.here())
+
+    def prepare(self, **kwargs) -> dict:
+        from . import prepare
+
+        return prepare.run(self.params, self.paths, **kwargs)
+
+    def index(self) -> dict:
+        from . import index
+
+        return index.run(self.params, self.paths)
+
+    def train(self, iterations: int | None = None) -> dict:
+        from . import train
+
+        return train.run(self.params, self.paths, iterations)
+
+    def evaluate(self) -> dict:
+        from . import evaluate
+
+        return evaluate.run(self.params, self.paths)
+
+    def run(self) -> dict:
+        """prepare -> index -> train -> evaluate; returns the evaluation summary."""
+        self.prepare()
+        self.index()
+        self.train()
+        return self.evaluate()

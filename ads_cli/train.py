@@ -1,0 +1,215 @@
+"""`ads train`: reward each trajectory, keep the best, improve the optimizer; `--iter N` loops.
+
+One iteration K: `ads sample` -> `ads execute` -> update. The update:
+1. the policy answers each task's held-out examples with a trajectory's collected items in its
+   prompt (`icl`) or after a LoRA fine-tune on them (`lora`);
+2. reward = score gain over the no-data policy - lambda * cost / cost_scale;
+3. rejection sampling: per task, the best trajectory (or "none", whose reward is 0 by
+   definition) is kept if its reward >= min_reward; it joins the optimizer's exemplars for
+   iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
+4. best-versus-worst pairs are exported for DPO, and per-iteration metrics are appended.
+
+Everything expensive goes through the call cache and the execute journal, so a partly finished
+iteration resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from . import execute as execute_stage
+from . import lm as lm_mod
+from . import sample as sample_stage
+from .errors import AdsError
+from .jsonl import read_json, read_jsonl, write_json, write_jsonl
+from .optimizer import exemplar_from
+from .paths import Paths
+from .policy import answer_examples, build_context, score_with_context
+from .progress import log, track
+from .stats import mean, paired_summary
+
+
+def reward(gain: float, cost: float, lam: float, cost_scale: float) -> float:
+    return gain - lam * cost / cost_scale
+
+
+def select_best(rows: list[dict], min_reward: float) -> dict | None:
+    """The task's best parsed trajectory against the implicit empty one (reward 0, cost 0).
+
+    Ties go to the cheaper one, then the smaller trajectory id. Returns None when even the best
+    is below `min_reward`. An empty result `{"calls": [], ...}` means "collect nothing".
+    """
+    none = {"trajectory_id": None, "calls": [], "reward": 0.0, "cost": 0.0}
+    candidates = [r for r in rows if "parse_error" not in r] + [none]
+    best = min(candidates, key=lambda r: (-r["reward"], r["cost"], r["trajectory_id"] or ""))
+    return best if best["reward"] >= min_reward else None
+
+
+def preference_pairs(rows: list[dict], prompt: str) -> dict | None:
+    parsed = sorted((r for r in rows if "parse_error" not in r), key=lambda r: (-r["reward"], r["trajectory_id"]))
+    if len(parsed) < 2 or parsed[0]["reward"] == parsed[-1]["reward"]:
+        return None
+    fmt = lambda r: "\n".join(f"{c['api']}: {c['arg']}" for c in r["calls"]) or "none"
+    return {"task_id": parsed[0]["task_id"], "prompt": prompt, "chosen": fmt(parsed[0]) + "\nend",
+            "rejected": fmt(parsed[-1]) + "\nend", "reward_chosen": parsed[0]["reward"], "reward_rejected": parsed[-1]["reward"]}
+
+
+def load_state(paths: Paths, iteration: int) -> list[dict]:
+    """The optimizer's learned exemplars going into `iteration` (none before the first)."""
+    if iteration <= 1:
+        return []
+    path = paths.iteration(iteration - 1) / "optimizer_state.jsonl"
+    if not path.exists():
+        raise AdsError(f"{path}: not found; run `ads train --iter {iteration - 1}` first")
+    return read_jsonl(path)
+
+
+def update(params: dict, paths: Paths, iteration: int, use_cache: bool | None = None) -> dict:
+    t = params["train"]
+    started = time.monotonic()
+    tasks = {task["id"]: task for task in sample_stage.load_tasks(paths.tasks_train)}
+    trajectories = {r["trajectory_id"]: r for r in read_jsonl(paths.trajectories(iteration))}
+    exec_path = paths.executions(iteration)
+    if not exec_path.exists():
+        raise AdsError(f"{exec_path}: not found; run `ads execute --iter {iteration}` first")
+    executions = read_jsonl(exec_path, execute_stage.validate_execution)
+    policy = lm_mod.load_role(params, "policy", use_cache)
+    max_tokens = params["lm"]["max_new_tokens"]
+    baseline = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
+    observed = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
+
+    rows = []
+    with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
+        for ex in executions:
+            task = tasks.get(ex["task_id"])
+            if task is None:
+                raise AdsError(f"{exec_path}: task {ex['task_id']!r} is not in {paths.tasks_train}; rerun `ads sample`")
+            base = baseline[task["id"]]
+            if ex["items"]:
+                if t["update"] == "lora":
+                    from .lora import score_after_lora
+
+                    per_example, seconds = score_after_lora(policy, task, ex["items"], params)
+                else:
+                    context = build_context(task, ex["items"], t["context_tokens"], policy.count_tokens)
+                    per_example, seconds = score_with_context(policy, task, context, max_tokens, desc="train: policy + data"), None
+            else:
+                per_example, seconds = base, None
+            s, b = mean([e["score"] for e in per_example]), mean([e["score"] for e in base])
+            traj = trajectories.get(ex["trajectory_id"], {})
+            row = {"trajectory_id": ex["trajectory_id"], "task_id": task["id"], "calls": traj.get("calls", []),
+                   "score": s, "baseline": b, "gain": s - b, "cost": ex["cost"],
+                   "reward": reward(s - b, ex["cost"], t["lambda"], t["cost_scale"]),
+                   "scores": [e["score"] for e in per_example], "n_items": len(ex["items"])}
+            if "parse_error" in traj:
+                row["parse_error"] = traj["parse_error"]
+            if seconds is not None:
+                row["lora_seconds"] = round(seconds, 2)
+            rows.append(row)
+            progress.step()
+    write_jsonl(paths.iteration(iteration) / "rewards.jsonl", rows)
+
+    by_task = collections.defaultdict(list)
+    for r in rows:
+        by_task[r["task_id"]].append(r)
+    state = {e["task_id"]: e for e in load_state(paths, iteration)}
+    best_rows, pairs = [], []
+    for task_id in sorted(by_task):
+        task = tasks[task_id]
+        best = select_best(by_task[task_id], t["min_reward"])
+        if best is not None:
+            state[task_id] = exemplar_from(task, observed[task_id], best["calls"], best["reward"], iteration)
+            best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"]})
+        pair = preference_pairs(by_task[task_id], trajectories.get(by_task[task_id][0]["trajectory_id"], {}).get("prompt", ""))
+        if pair:
+            pairs.append(pair)
+    write_jsonl(paths.iteration(iteration) / "best.jsonl", best_rows)
+    write_jsonl(paths.iteration(iteration) / "preferences.jsonl", pairs)
+    write_jsonl(paths.iteration(iteration) / "optimizer_state.jsonl", [state[k] for k in sorted(state)])
+    sft_seconds = None
+    if t["optimizer_update"] == "sft":
+        from .lora import adapter_dir, train_optimizer_sft
+
+        # the prompt each task's trajectories were sampled from -> its best calls
+        prompts = {tr["task_id"]: tr.get("prompt", "") for tr in trajectories.values()}
+        pairs = [(prompts[b["task_id"]], "\n".join(f"{c['api']}: {c['arg']}" for c in b["calls"]) or "none")
+                 for b in best_rows if prompts.get(b["task_id"])]
+        if pairs:
+            optimizer = lm_mod.load_role(params, "optimizer", use_cache)
+            sft_seconds = train_optimizer_sft(params, optimizer, [(p, c + "\nend") for p, c in pairs], adapter_dir(paths, iteration))
+
+    task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
+    metrics = {
+        "iteration": iteration,
+        "mean_reward": round(mean([r["reward"] for r in rows]), 6),
+        "mean_gain": round(mean([r["gain"] for r in rows]), 6),
+        "mean_cost": round(mean([r["cost"] for r in rows]), 3),
+        "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in rows]), 4),
+        "api_mix": dict(collections.Counter(c["api"] for r in rows for c in r["calls"])),
+        "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
+        "task_rewards": task_rewards,
+        "timings": {"update_s": round(time.monotonic() - started, 3), "optimizer_sft_s": sft_seconds,
+                    "policy_lora_s": round(sum(r.get("lora_seconds", 0.0) for r in rows), 2)},
+    }
+    write_json(paths.iteration(iteration) / "train_manifest.json", {"stage": "train", "params": t, "metrics": metrics,
+                                                                      "cache": policy.cache.stats()})
+    return metrics
+
+
+def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
+    """results/train_metrics.json (dvc metrics) and results/train_plot.json (dvc plots)."""
+    per_iter = []
+    for k in range(1, upto + 1):
+        manifest = paths.iteration(k) / "train_manifest.json"
+        if manifest.exists():
+            per_iter.append(read_json(manifest)["metrics"])
+    summary: dict = {"iterations": len(per_iter)}
+    if per_iter:
+        last = per_iter[-1]
+        summary |= {k: last[k] for k in ("mean_reward", "mean_gain", "mean_cost", "parse_rate")}
+    if len(per_iter) >= 2:
+        a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
+        common = sorted(set(a) & set(b))
+        cmp = paired_summary([a[k] for k in common], [b[k] for k in common], params["evaluate"]["tie_epsilon"], params["train"]["seed"])
+        summary["last_vs_previous"] = {"from": per_iter[-2]["iteration"], "to": per_iter[-1]["iteration"]} | cmp
+    plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_cost", "parse_rate")}
+            | {f"api_{api}": n for api, n in sorted(m["api_mix"].items())} for m in per_iter]
+    results = paths.root / "results"
+    write_json(results / "train_metrics.json", summary)
+    write_json(results / "train_plot.json", plot)
+    return summary
+
+
+def export_optimizer(paths: Paths, iteration: int) -> None:
+    """Copy the optimizer after `iteration` (its exemplars, and its LoRA adapter under sft) to
+    data/optimizer/, the one artifact `ads evaluate` reads."""
+    import shutil
+
+    from .lora import adapter_dir
+
+    tmp = paths.optimizer.with_name(paths.optimizer.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copy2(paths.iteration(iteration) / "optimizer_state.jsonl", tmp / "state.jsonl")
+    if adapter_dir(paths, iteration).exists():
+        shutil.copytree(adapter_dir(paths, iteration), tmp / "lora")
+    write_json(tmp / "manifest.json", {"iteration": iteration})
+    shutil.rmtree(paths.optimizer, ignore_errors=True)
+    tmp.rename(paths.optimizer)
+
+
+def run(params: dict, paths: Paths, iterations: int | None = None, use_cache: bool | None = None) -> dict:
+    n = iterations or params["train"]["iterations"]
+    if n < 1:
+        raise AdsError(f"--iter must be >= 1, got {n}")
+    started = time.monotonic()
+    for k in range(1, n + 1):
+        log.info("train: iteration %d/%d", k, n)
+        sample_stage.run(params, paths, k, use_cache)
+        execute_stage.run(params, paths, k, use_cache)
+        update(params, paths, k, use_cache)
+    export_optimizer(paths, n)
+    summary = write_metrics(params, paths, n)
+    summary["timings"] = {"total_s": round(time.monotonic() - started, 3)}
+    return summary

@@ -1,0 +1,89 @@
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from ads_cli import evaluate
+from ads_cli.cli import app
+from ads_cli.jsonl import read_json, read_jsonl, write_jsonl
+
+runner = CliRunner()
+
+
+def _task(name, category, scores, costs=None):
+    methods = {m: {"score": s, "cost": (costs or {}).get(m, 0.0), "calls": []} for m, s in scores.items()}
+    return {"task": name, "category": category, "metric": "exact", "instruction": "q", "score": scores["ads"],
+            "baseline_score": scores["no_data"], "api_cost": 0.0, "trajectory": [], "parse_error": None, "methods": methods}
+
+
+def test_summary_on_hand_made_results():
+    base = dict.fromkeys(evaluate.METHODS + [evaluate.REFERENCE], 0.0)
+    rows = [
+        _task("a", "math", base | {"ads": 0.5, "no_data": 0.25}, {"ads": 100.0}),
+        _task("b", "math", base | {"ads": 0.25, "no_data": 0.25}, {"ads": 300.0}),
+        _task("c", "knowledge", base | {"ads": 0.0, "no_data": 0.5}),
+        _task("d", "knowledge", base | {"ads": 0.75, "no_data": 0.5}),
+    ]
+    s = evaluate.summarize(rows, epsilon=0.05, seed=0)
+    assert (s["win_rate"], s["tie_rate"], s["loss_rate"]) == (0.5, 0.25, 0.25)
+    assert s["avg_score"] == pytest.approx(0.375) and s["avg_baseline_score"] == pytest.approx(0.375)
+    assert s["mean_diff_vs_no_data"] == pytest.approx(0.0) and s["avg_cost"] == pytest.approx(100.0)
+    lo, hi = s["ci95_vs_no_data"]
+    assert -0.5 <= lo <= 0.0 <= hi <= 0.25
+    assert s["by_category"]["math"] == {"tasks": 2} | {m: 0.0 for m in base} | {"ads": 0.375, "no_data": 0.25}
+    assert s["vs"]["random"]["win_rate"] == 0.75  # random scored 0 everywhere; ads > 0 on three tasks
+
+
+def test_random_trajectory_is_seeded_and_sized():
+    task = {"id": "t", "observed": [{"input": "q1"}, {"input": "q2"}]}
+    a = evaluate.random_trajectory(task, 3, ["retrieve", "answer"], seed=0)
+    assert a == evaluate.random_trajectory(task, 3, ["retrieve", "answer"], seed=0) and len(a) == 3
+    assert {c["arg"] for c in a} <= {"q1", "q2"}
+    assert len(evaluate.random_trajectory(task, 0, ["retrieve"], seed=0)) == 1
+
+
+def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
+    monkeypatch.chdir(trained.root)
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 0, result.output
+    ev = read_json(trained.root / "results/evaluation.json")
+    tasks = read_jsonl(trained.tasks_test)
+    assert ev["total_tasks"] == len(tasks) == ev["completed_tasks"] and ev["failed_tasks"] == 0
+    assert set(ev["metrics"]) >= {"win_rate", "tie_rate", "loss_rate", "avg_score", "avg_cost"}
+    for t in ev["task_results"]:
+        assert set(t) >= {"task", "instruction", "score", "baseline_score", "api_cost"}
+        assert set(t["methods"]) == set(evaluate.METHODS + [evaluate.REFERENCE])
+        assert t["methods"]["ads"]["score"] == t["score"] and 0 <= t["score"] <= 1
+    report = (trained.root / "results/report.md").read_text()
+    for method, v in ev["metrics"]["methods"].items():
+        row = next(line for line in report.splitlines() if line.startswith(f"| {method}") or line.startswith(f"| **{method}"))
+        assert f"{v['score']:.3f}" in row and f"{v['cost']:.0f}" in row
+        if method != "ads":
+            c = ev["metrics"]["vs"][method]
+            assert f"{c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]" in row
+    metrics = read_json(trained.root / "results/metrics.json")
+    assert metrics["avg_score"] == ev["metrics"]["avg_score"]
+    plot = {p["method"]: p["score"] for p in read_json(trained.root / "results/plot_scores.json")}
+    assert plot == {m: v["score"] for m, v in ev["metrics"]["methods"].items()}
+
+
+def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
+    monkeypatch.chdir(trained.root)
+    mine = read_jsonl(trained.tasks_test)[:1]
+    mine[0]["id"] = "my-own-task"
+    write_jsonl(tmp_path / "mine.jsonl", mine)
+    result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "mine.jsonl")])
+    assert result.exit_code == 0, result.output
+    ev = read_json(trained.root / "results/evaluation.json")
+    assert [t["task"] for t in ev["task_results"]] == ["my-own-task"]
+    (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
+    result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "bad.jsonl")])
+    assert result.exit_code == 2 and re.search(r"bad.jsonl:1: field 'name' must be a str", result.output)
+
+
+def test_evaluate_needs_a_trained_optimizer(project, user_files):
+    docs, tasks = user_files
+    assert runner.invoke(app, ["prepare", "--docs", str(docs), "--tasks", str(tasks)]).exit_code == 0
+    assert runner.invoke(app, ["index"]).exit_code == 0
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 2 and "run `ads train` first" in result.output

@@ -1,0 +1,102 @@
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from ads_cli import params as params_mod
+from ads_cli import train
+from ads_cli.cli import app
+from ads_cli.jsonl import read_json, read_jsonl
+
+runner = CliRunner()
+
+
+def test_reward():
+    assert train.reward(0.25, 500, 0.1, 1000) == pytest.approx(0.2)
+    assert train.reward(0.0, 0, 0.1, 1000) == 0.0
+
+
+def _row(tid, reward, cost, parse_error=False):
+    r = {"trajectory_id": tid, "task_id": "t", "calls": [{"api": "retrieve", "arg": tid}], "reward": reward, "cost": cost}
+    if parse_error:
+        r["parse_error"] = "not a call at line 1"
+    return r
+
+
+def test_select_best_by_reward_then_cost_then_id():
+    rows = [_row("t#1.0", 0.2, 300), _row("t#1.1", 0.2, 100), _row("t#1.2", 0.5, 900, parse_error=True)]
+    assert train.select_best(rows, 0.0)["trajectory_id"] == "t#1.1"  # parse errors never win
+    assert train.select_best([_row("t#1.0", 0.2, 100), _row("t#1.1", 0.2, 100)], 0.0)["trajectory_id"] == "t#1.0"
+
+
+def test_collecting_nothing_wins_when_everything_hurts():
+    best = train.select_best([_row("t#1.0", -0.1, 50), _row("t#1.1", -0.3, 10)], 0.0)
+    assert best["calls"] == [] and best["reward"] == 0.0
+    assert train.select_best([_row("t#1.0", -0.1, 50)], 0.1) is None  # nothing clears the threshold
+
+
+def test_preference_pairs_best_versus_worst():
+    pair = train.preference_pairs([_row("t#1.0", 0.1, 1), _row("t#1.1", 0.4, 1), _row("t#1.2", -0.2, 1)], "PROMPT")
+    assert pair["chosen"] == "retrieve: t#1.1\nend" and pair["rejected"] == "retrieve: t#1.2\nend" and pair["prompt"] == "PROMPT"
+    assert train.preference_pairs([_row("t#1.0", 0.1, 1), _row("t#1.1", 0.1, 1)], "P") is None
+
+
+def test_two_iterations_write_everything(trained):
+    for k in (1, 2):
+        for name in ("trajectories", "executions", "rewards", "best", "preferences", "optimizer_state"):
+            assert (trained.iteration(k) / f"{name}.jsonl").exists(), (k, name)
+    rewards = read_jsonl(trained.iteration(1) / "rewards.jsonl")
+    params = params_mod.load(trained.root / "params.yaml")
+    for r in rewards:
+        assert r["reward"] == pytest.approx(r["gain"] - 0.1 * r["cost"] / params["train"]["cost_scale"])
+        assert r["gain"] == pytest.approx(r["score"] - r["baseline"])
+        assert len(r["scores"]) == params["prepare"]["heldout"] and all(0 <= s <= 1 for s in r["scores"])
+    # min_reward=-1: every task keeps its best, and iteration 2 samples from those exemplars
+    state = read_jsonl(trained.iteration(1) / "optimizer_state.jsonl")
+    assert len(state) == len(read_jsonl(trained.tasks_train)) and not any(e["seed"] for e in state)
+    assert read_json(trained.iteration(2) / "sample_manifest.json")["counts"]["learned_exemplars"] == len(state)
+    learned = {e["task_id"] for e in state}
+    assert all(set(t["exemplars"]) & learned for t in read_jsonl(trained.trajectories(2)))
+    metrics = read_json(trained.root / "results/train_metrics.json")
+    assert metrics["iterations"] == 2 and metrics["last_vs_previous"]["n"] == len(state)
+    lo, hi = metrics["last_vs_previous"]["ci95"]
+    assert lo <= metrics["last_vs_previous"]["mean_diff"] <= hi
+    plot = read_json(trained.root / "results/train_plot.json")
+    assert [p["iteration"] for p in plot] == [1, 2]
+
+
+def test_partly_finished_iteration_resumes_to_the_same_rewards(trained, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.root, copy)
+    monkeypatch.chdir(copy)
+    it1 = copy / "data/iter_1"
+    expected = (it1 / "rewards.jsonl").read_bytes()
+    # as if killed during execute: no executions, rewards or state yet; half the journal written
+    for name in ("executions.jsonl", "rewards.jsonl", "optimizer_state.jsonl", "train_manifest.json"):
+        (it1 / name).unlink()
+    journal = (it1 / "execute.journal.jsonl").read_bytes().splitlines(keepends=True)
+    (it1 / "execute.journal.jsonl").write_bytes(b"".join(journal[: len(journal) // 2]) + b'{"api": "ans')
+    result = runner.invoke(app, ["train", "--iter", "1", "--set", "train.min_reward=-1"])
+    assert result.exit_code == 0, result.output
+    assert (it1 / "rewards.jsonl").read_bytes() == expected
+    assert read_json(it1 / "execute_manifest.json")["counts"]["resumed_calls"] == len(journal) // 2 - 1  # less the header
+
+
+def test_lora_policy_update_and_sft_optimizer(trained, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.root, copy, ignore=shutil.ignore_patterns("iter_*", "results"))
+    monkeypatch.chdir(copy)
+    result = runner.invoke(app, ["train", "--iter", "2", "--set", "train.update=lora", "--set", "train.optimizer_update=sft",
+                                 "--set", "train.min_reward=-1"])
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(copy / "data/iter_1/rewards.jsonl")
+    with_items = [r for r in rows if r["n_items"]]
+    assert with_items and all("lora_seconds" in r for r in with_items)
+    assert (copy / "data/iter_1/optimizer_lora/adapter_config.json").exists()
+    assert "optimizer_lora" in read_json(copy / "data/iter_2/sample_manifest.json")["optimizer"]
+    assert read_json(copy / "data/iter_1/train_manifest.json")["metrics"]["timings"]["optimizer_sft_s"] > 0
+
+
+def test_train_needs_prepared_tasks(project):
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 2 and "run `ads prepare` first" in result.output
