@@ -115,7 +115,19 @@ def parse_pairs(text: str) -> tuple[list[tuple[str, str]], int]:
     return pairs, max(0, started - len(pairs))
 
 
-class Demonstrate:
+class BatchedAPI:
+    """Base for APIs that work in batches: a single call is a batch of one."""
+
+    name = ""
+
+    def call_many(self, args: list[str]) -> list[APIResult]:
+        raise NotImplementedError
+
+    def __call__(self, arg: str) -> APIResult:
+        return self.call_many([arg])[0]
+
+
+class Demonstrate(BatchedAPI):
     name = "demonstrate"
     description = "demonstrate: <topic> -- example question-answer pairs on the topic, written by a model"
 
@@ -139,11 +151,8 @@ class Demonstrate:
                                      error=f"{failed} pairs did not parse" if failed else None))
         return results
 
-    def __call__(self, arg: str) -> APIResult:
-        return self.call_many([arg])[0]
 
-
-class Answer:
+class Answer(BatchedAPI):
     name = "answer"
     description = "answer: <question> -- a QA model answers the question (from retrieved passages)"
 
@@ -169,8 +178,6 @@ class Answer:
                                      error=None if g.text else "empty answer"))
         return results
 
-    def __call__(self, arg: str) -> APIResult:
-        return self.call_many([arg])[0]
 
 
 BUILTIN: dict[str, Callable[[APIContext], Any]] = {"retrieve": Retrieve, "demonstrate": Demonstrate, "answer": Answer}

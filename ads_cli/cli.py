@@ -36,11 +36,19 @@ def fail(message: str) -> None:
 
 
 @contextmanager
-def stage(name: str, params_path: Path, overrides: list[str] | None, verbose: bool) -> Iterator[tuple[dict, Paths]]:
-    """Load params, set up logging, and turn any `AdsError` into one line with exit code 2."""
+def stage(name: str, params_path: Path, overrides: list[str] | None, verbose: bool,
+          no_cache: bool = False, max_cost: float | None = None) -> Iterator[tuple[dict, Paths]]:
+    """Load params, set up logging, and turn any `AdsError` into one line with exit code 2.
+
+    `--no-cache` and `--max-cost` are shorthands for `--set lm.cache=false` and
+    `--set execute.max_cost=X`: the library reads them from params like any other setting.
+    """
     paths = Paths.here()
+    overrides = list(overrides or []) + (["lm.cache=false"] if no_cache else [])
+    overrides += [f"execute.max_cost={max_cost}"] if max_cost is not None else []
     try:
         params = params_mod.load(params_path, overrides)
+        paths.check(params)
         setup_logging(name, paths.logs, verbose)
         yield params, paths
     except AdsError as e:
@@ -114,6 +122,8 @@ def search(
 
 
 IterOpt = typer.Option(1, "--iter", min=1, help="Iteration K: reads and writes data/iter_K/.")
+MaxCostOpt = typer.Option(None, "--max-cost", help="Hard budget (cost units) for this run's API calls: stops cleanly, keeps what is done. Default: execute.max_cost.")
+
 
 
 @app.command()
@@ -132,8 +142,8 @@ def sample(
     """
     from . import sample as stage_mod
 
-    with stage("sample", params, set_, verbose) as (p, paths):
-        m = stage_mod.run(p, paths, iteration, use_cache=False if no_cache else None)
+    with stage("sample", params, set_, verbose, no_cache) as (p, paths):
+        m = stage_mod.run(p, paths, iteration)
         c = m["counts"]
         console.print(
             f"sample: {c['trajectories']} trajectories for {c['tasks']} tasks, parse rate {c['parse_rate']:.0%},"
@@ -145,6 +155,7 @@ def sample(
 @app.command()
 def execute(
     iteration: int = IterOpt,
+    max_cost: Optional[float] = MaxCostOpt,
     no_cache: bool = NoCacheOpt,
     params: Path = ParamsOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -158,8 +169,8 @@ def execute(
     """
     from . import execute as stage_mod
 
-    with stage("execute", params, set_, verbose) as (p, paths):
-        m = stage_mod.run(p, paths, iteration, use_cache=False if no_cache else None)
+    with stage("execute", params, set_, verbose, no_cache, max_cost) as (p, paths):
+        m = stage_mod.run(p, paths, iteration)
         c = m["counts"]
         console.print(
             f"execute: {c['trajectories']} trajectories, {c['calls']} calls ({c['unique_calls']} unique,"
@@ -171,6 +182,7 @@ def execute(
 @app.command()
 def train(
     iterations: Optional[int] = typer.Option(None, "--iter", min=1, help="How many times to run sample -> execute -> update. Default: train.iterations."),
+    max_cost: Optional[float] = MaxCostOpt,
     no_cache: bool = NoCacheOpt,
     params: Path = ParamsOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -185,8 +197,8 @@ def train(
     """
     from . import train as stage_mod
 
-    with stage("train", params, set_, verbose) as (p, paths):
-        s = stage_mod.run(p, paths, iterations, use_cache=False if no_cache else None)
+    with stage("train", params, set_, verbose, no_cache, max_cost) as (p, paths):
+        s = stage_mod.run(p, paths, iterations)
         line = (f"train: {s['iterations']} iterations, last: mean reward {s['mean_reward']:+.4f}, mean gain {s['mean_gain']:+.4f},"
                 f" mean cost {s['mean_cost']:.0f}, parse rate {s['parse_rate']:.0%}")
         if "last_vs_previous" in s:
@@ -198,6 +210,7 @@ def train(
 @app.command()
 def evaluate(
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Evaluate your own task file (the schema of data/prepared/tasks_test.jsonl) without retraining."),
+    max_cost: Optional[float] = MaxCostOpt,
     no_cache: bool = NoCacheOpt,
     params: Path = ParamsOpt,
     set_: Optional[List[str]] = SetOpt,
@@ -211,8 +224,8 @@ def evaluate(
     """
     from . import evaluate as stage_mod
 
-    with stage("evaluate", params, set_, verbose) as (p, paths):
-        ev = stage_mod.run(p, paths, tasks, use_cache=False if no_cache else None)
+    with stage("evaluate", params, set_, verbose, no_cache, max_cost) as (p, paths):
+        ev = stage_mod.run(p, paths, tasks)
         m = ev["metrics"]
         console.print(
             f"evaluate: {ev['completed_tasks']}/{ev['total_tasks']} tasks; ADS {m['avg_score']:.3f} vs no data {m['avg_baseline_score']:.3f}"
@@ -240,8 +253,8 @@ def generate(
 
     if role not in ("policy", "optimizer"):
         fail(f"--role: expected policy or optimizer, got {role!r}")
-    with stage("generate", params, set_, verbose) as (p, _):
-        model = lm.load_role(p, role, use_cache=not no_cache and p["lm"]["cache"])
+    with stage("generate", params, set_, verbose, no_cache) as (p, _):
+        model = lm.load_role(p, role)
         g = model.generate(
             [prompt],
             max_new_tokens=max_new_tokens or p["lm"]["max_new_tokens"],

@@ -36,12 +36,12 @@ METHODS = ["ads", "no_data", "random", "retrieve_only", "demonstrate_only", "ans
 REFERENCE = "reference_retrieval"
 
 
-def trained_optimizer(params: dict, paths: Paths, use_cache: bool | None):
+def trained_optimizer(params: dict, paths: Paths):
     """The optimizer `ads train` exported to data/optimizer/: (model, exemplars, iteration)."""
     state_path = paths.optimizer / "state.jsonl"
     if not state_path.exists():
         raise AdsError(f"{paths.optimizer}: no trained optimizer; run `ads train` first")
-    model = with_adapter(lm_mod.load_role(params, "optimizer", use_cache), paths.optimizer / "lora")
+    model = with_adapter(lm_mod.load_role(params, "optimizer", paths), paths.optimizer / "lora")
     return model, read_jsonl(state_path), read_json(paths.optimizer / "manifest.json")["iteration"]
 
 
@@ -51,22 +51,22 @@ def random_trajectory(task: dict, n_calls: int, api_names: list[str], seed: int)
     return [{"api": rng.choice(api_names), "arg": rng.choice(questions)} for _ in range(max(1, n_calls))]
 
 
-def run(params: dict, paths: Paths, tasks_path: Path | None = None, use_cache: bool | None = None) -> dict:
+def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     started = time.monotonic()
     e = params["evaluate"]
     tasks = load_tasks(tasks_path or paths.tasks_test)
     require_index(paths)
-    final_optimizer, final_state, final = trained_optimizer(params, paths, use_cache)
-    apis = registry(api_context(params, paths, use_cache))
+    final_optimizer, final_state, final = trained_optimizer(params, paths)
+    apis = registry(api_context(params, paths))
     builtin = ["retrieve", "demonstrate", "answer"]
-    policy = lm_mod.load_role(params, "policy", use_cache)
+    policy = lm_mod.load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
     observed = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
     no_data = answer_examples(policy, tasks, "heldout", max_tokens, "evaluate: no-data baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
     ads = {r["task_id"]: r for r in propose(final_optimizer, tasks, observed, final_state, apis, params["sample"], final + 1, 1, 0.0, "evaluate: ads")}
-    iter0_optimizer = lm_mod.load_role(params, "optimizer", use_cache)  # seed exemplars, no training
+    iter0_optimizer = lm_mod.load_role(params, "optimizer", paths)  # seed exemplars, no training
     iter0 = {r["task_id"]: r for r in propose(iter0_optimizer, tasks, observed, [], apis, params["sample"], 0, 1, 0.0, "evaluate: iter0")}
     trajectories: dict[tuple[str, str], dict] = {}
     for task in tasks:
@@ -83,7 +83,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None, use_cache: b
                                            **({"parse_error": plan["parse_error"]} if "parse_error" in plan else {})}
     results_dir = paths.root / "results"
     call_results, resumed = run_calls(apis, list(trajectories.values()), results_dir / "evaluate.journal.jsonl",
-                                      params["execute"]["journal_every"], fingerprint(params), "evaluate: calls")
+                                      params["execute"]["journal_every"], fingerprint(params), "evaluate: calls",
+                                      max_cost=params["execute"]["max_cost"])
 
     task_results, failed = [], []
     with track("evaluate: score", total=len(tasks)) as progress:
@@ -132,14 +133,11 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None, use_cache: b
 
 def reference_retrieval(policy, task: dict, retrieve, params: dict) -> dict:
     """Reference point: each held-out question retrieves its own passages (uses held-out inputs)."""
-    scores, cost = [], 0.0
-    for example in task["heldout"]:
-        result = retrieve(last_message(example["input"])[:300])
-        one = dict(task, heldout=[example])
-        context = build_context(one, result.items, params["train"]["context_tokens"], policy.count_tokens)
-        scores.append(score_with_context(policy, one, context, params["lm"]["max_new_tokens"], desc="evaluate: reference")[0]["score"])
-        cost += result.cost
-    return {"score": mean(scores), "cost": cost / max(1, len(task["heldout"])), "calls": [], "reference": True}
+    results = [retrieve(last_message(e["input"])[:300]) for e in task["heldout"]]
+    contexts = [build_context(dict(task, observed=[e]), r.items, params["train"]["context_tokens"], policy.count_tokens)
+                for e, r in zip(task["heldout"], results)]
+    scored = score_with_context(policy, task, contexts, params["lm"]["max_new_tokens"], desc="evaluate: reference")
+    return {"score": mean([x["score"] for x in scored]), "cost": mean([r.cost for r in results]), "calls": [], "reference": True}
 
 
 def summarize(task_results: list[dict], epsilon: float, seed: int) -> dict:

@@ -86,10 +86,12 @@ def read_journal(path: Path, expected: str = "") -> tuple[dict[str, dict], int]:
 
 
 def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: int, journal_key: str,
-              desc: str = "execute: calls") -> tuple[dict[str, dict], int]:
+              desc: str = "execute: calls", max_cost: float | None = None) -> tuple[dict[str, dict], int]:
     """Run each distinct call of `trajectories` once, journaling results; returns (results, resumed).
 
-    Results already in the journal are reused, so a killed run resumes where it stopped.
+    Results already in the journal are reused, so a killed run resumes where it stopped. With
+    `max_cost`, the run stops cleanly once the calls' cost reaches it (at a chunk boundary, so
+    it may pass it by one chunk); what was done stays in the journal for the next run.
     """
     unique: dict[str, tuple[str, str]] = {}
     for t in trajectories:
@@ -104,6 +106,7 @@ def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: i
     journal_path.parent.mkdir(parents=True, exist_ok=True)
     if journal_path.exists():
         os.truncate(journal_path, intact)
+    spent = sum(done[cid]["cost"] for cid in unique if cid in done)
     with track(desc, total=len(unique) - resumed) as progress, journal_path.open("ab") as journal:
         if intact == 0:
             journal.write(orjson.dumps({"journal": journal_key}) + b"\n")
@@ -111,6 +114,10 @@ def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: i
             args = todo[api_name]
             # a chunk is batched through the model, then journaled: small enough to lose little
             for start in range(0, len(args), every):
+                if max_cost is not None and spent >= max_cost:
+                    finished = sum(cid in done for cid in unique)
+                    raise AdsError(f"--max-cost {max_cost:g} reached: {finished}/{len(unique)} calls done, cost {spent:g};"
+                                   f" they are kept in {journal_path}; rerun with a larger --max-cost to continue")
                 chunk = args[start: start + every]
                 if api_name in apis:
                     results = call_many(apis[api_name], chunk)
@@ -119,6 +126,7 @@ def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: i
                 for r in results:
                     rec = r.as_dict()
                     done[_call_id(r.api, r.arg)] = rec
+                    spent += r.cost
                     journal.write(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS) + b"\n")
                 journal.flush()
                 os.fsync(journal.fileno())
@@ -145,16 +153,16 @@ def require_index(paths: Paths) -> None:
         raise AdsError(f"{paths.index}: no index; run `ads index` first")
 
 
-def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
+def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
     started = time.monotonic()
     traj_path = paths.trajectories(iteration)
     if not traj_path.exists():
         raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
     require_index(paths)
     trajectories = read_jsonl(traj_path, validate_trajectory)
-    apis = registry(api_context(params, paths, use_cache))
+    apis = registry(api_context(params, paths))
     results, resumed = run_calls(apis, trajectories, paths.iteration(iteration) / "execute.journal.jsonl",
-                                 params["execute"]["journal_every"], fingerprint(params))
+                                 params["execute"]["journal_every"], fingerprint(params), max_cost=params["execute"]["max_cost"])
     executions = [assemble(t, results) for t in trajectories]
     write_jsonl(paths.executions(iteration), executions)
 

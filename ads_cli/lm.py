@@ -25,6 +25,7 @@ from typing import Sequence
 from .cache import CallCache, call_key
 from .errors import AdsError
 from .jsonl import sha256_file
+from .paths import Paths
 from .progress import log, track
 from .sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
 
@@ -416,7 +417,8 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 _LOADED: dict[tuple, tuple] = {}
 
 
-def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch_size: int = 16, use_cache: bool = True) -> LM:
+def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch_size: int = 16, use_cache: bool = True,
+         call_cache: Path | None = None) -> LM:
     """Load a model once per process: policy and optimizer naming the same source share it."""
     torch = _torch()
     torch.set_num_threads(threads or os.cpu_count() or 1)
@@ -435,18 +437,21 @@ def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch
         tokenizer.padding_side = "left"
         _LOADED[(target, digest)] = (model, tokenizer)
     model, tokenizer = _LOADED[(target, digest)]
-    cache = CallCache(cache_dir / "calls.sqlite" if use_cache else None)
+    cache = CallCache((call_cache or cache_dir / "calls.sqlite") if use_cache else None)
     return LM(model, tokenizer, digest, source, batch_size=batch_size, cache=cache)
 
 
-def load_role(params: dict, role: str, use_cache: bool | None = None) -> LM:
+def load_role(params: dict, role: str, paths: Paths | None = None) -> LM:
     """The model params name for `role` ("policy" or "optimizer"), with the project's settings."""
     p = params["lm"]
+    paths = paths or Paths.here()
+    source = p[role] if p[role].startswith(("pypi:", "hf:")) else str(paths.resolve(p[role], f"lm.{role}"))
     return load(
-        p[role],
-        params["sources"]["cache_dir"],
-        Lock(params["sources"]["lock"]),
+        source,
+        paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir"),
+        Lock(paths.resolve(params["sources"]["lock"], "sources.lock")),
         threads=p["threads"],
         batch_size=p["batch_size"],
-        use_cache=p["cache"] if use_cache is None else use_cache,
+        use_cache=p["cache"],
+        call_cache=paths.resolve(p["call_cache"], "lm.call_cache") if p["call_cache"] else None,
     )

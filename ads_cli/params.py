@@ -52,6 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "temperature": 0.0,
         "seed": 0,
         "cache": True,
+        "call_cache": "",
     },
     "apis": {
         "retrieval_price": 50,
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "execute": {
         "journal_every": 16,
+        "max_cost": None,
     },
     "sample": {
         "n_trajectories": 4,
@@ -105,9 +107,14 @@ def _check_positive(params: dict, section: str, key: str, minimum: float = 1) ->
 
 def validate(params: dict) -> dict:
     """Check types and ranges that a typo could break; raise a one-line `AdsError`."""
+    budget = params["execute"]["max_cost"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise AdsError(f"params: execute.max_cost (--max-cost) must be a number > 0 or null, got {budget!r}")
     for section, keys in params.items():
         for key, value in keys.items():
             default = DEFAULTS[section][key]
+            if default is None:
+                continue  # optional settings, checked on their own above
             # ints are accepted where floats are expected; bools are never numbers here
             ok = isinstance(value, type(default)) or (
                 isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool)

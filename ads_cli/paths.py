@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import AdsError
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -42,10 +44,16 @@ class Paths:
     def logs(self) -> Path:
         return self.root / "logs"
 
-    def resolve(self, path: str | Path) -> Path:
-        """A path from params or a flag: relative ones are taken from the project folder."""
+    def resolve(self, path: str | Path, what: str = "path") -> Path:
+        """A path from params: relative ones are taken from the project folder and must stay
+        inside it (`../x` is refused); an explicitly absolute path (or `~/...`) is taken as is."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else self.root / p
+        if p.is_absolute():
+            return p
+        full = (self.root / p).resolve()
+        if not full.is_relative_to(self.root.resolve()):
+            raise AdsError(f"params: {what} {str(path)!r} points outside the project; write an absolute path if you mean it")
+        return full
 
     def iteration(self, k: int) -> Path:
         return self.data / f"iter_{k}"
@@ -60,3 +68,13 @@ class Paths:
     def optimizer(self) -> Path:
         """The trained optimizer that `ads train` hands to `ads evaluate`."""
         return self.data / "optimizer"
+
+    def check(self, params: dict) -> None:
+        """Refuse, before any work, a relative path in params that leaves the project."""
+        named = {"sources.cache_dir": params["sources"]["cache_dir"], "sources.lock": params["sources"]["lock"],
+                 "lm.call_cache": params["lm"]["call_cache"], "prepare.docs": params["prepare"]["docs"],
+                 "prepare.tasks": params["prepare"]["tasks"], "lm.policy": params["lm"]["policy"],
+                 "lm.optimizer": params["lm"]["optimizer"]}
+        for what, value in named.items():
+            if value and not value.startswith(("pypi:", "hf:")):
+                self.resolve(value, what)

@@ -20,7 +20,10 @@ class Pipeline:
 
     @classmethod
     def from_params(cls, path: str | Path = "params.yaml", overrides: list[str] | None = None, root: str | Path | None = None) -> "Pipeline":
-        return cls(params_mod.load(path, overrides), Paths(Path(root)) if root else Paths.here())
+        paths = Paths(Path(root)) if root else Paths.here()
+        params = params_mod.load(path, overrides)
+        paths.check(params)
+        return cls(params, paths)
 
     def prepare(self, **kwargs) -> dict:
         from . import prepare

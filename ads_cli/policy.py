@@ -74,9 +74,14 @@ def build_context(task: dict, items: list[dict], budget_tokens: int, count_token
     return "\n\n".join(chosen)
 
 
-def score_with_context(model: LM, task: dict, context: str, max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
-    """The policy answers `split` with `context` in its prompt; returns [{answer, score, tokens}]."""
-    prompts = [example_messages(e["input"], context) for e in task[split]]
+def score_with_context(model: LM, task: dict, context: str | list[str], max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
+    """The policy answers `split` with `context` in its prompt; returns [{answer, score, tokens}].
+
+    One context for all examples (their prompts then share a prefix), or one per example.
+    """
+    examples = task[split]
+    contexts = context if isinstance(context, list) else [context] * len(examples)
+    prompts = [example_messages(e["input"], c) for e, c in zip(examples, contexts)]
     gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
     return [{"answer": g.text, "score": score(task["metric"], g.text, e["reference"]), "tokens": g.cost}
-            for e, g in zip(task[split], gens)]
+            for e, g in zip(examples, gens)]

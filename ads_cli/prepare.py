@@ -261,9 +261,20 @@ def split_examples(task: dict, seed: int, observed: int, heldout: int) -> dict:
 
 
 def split_tasks(tasks: list[dict], seed: int, n_test: int, n_train: int) -> tuple[list[dict], list[dict]]:
-    """Disjoint train/test sets, by seed. `n_train` 0 means every task not in test."""
-    ordered = sorted(tasks, key=lambda t: t["id"])
-    random.Random(seed).shuffle(ordered)
+    """Disjoint train/test sets by seed, stratified by category. `n_train` 0: every task not in test.
+
+    Each category is shuffled on its own and its tasks get evenly spaced ranks in [0, 1); taking
+    tasks in rank order gives every category its share of test and of train.
+    """
+    by_category: dict[str, list[dict]] = collections.defaultdict(list)
+    for task in sorted(tasks, key=lambda t: t["id"]):
+        by_category[task["category"]].append(task)
+    ranked = []
+    for category, group in sorted(by_category.items()):
+        random.Random(f"{seed}:{category}").shuffle(group)
+        offset = random.Random(f"{seed}:{category}:offset").random()
+        ranked += [((i + offset) / len(group), task["id"], task) for i, task in enumerate(group)]
+    ordered = [task for _, _, task in sorted(ranked, key=lambda r: (r[0], r[1]))]
     test = ordered[:n_test]
     rest = ordered[n_test:]
     train = rest if n_train == 0 else rest[:n_train]
@@ -274,10 +285,11 @@ def run(params: dict, paths: Paths, docs_source: str | None = None, tasks_source
     """Run the stage; returns the manifest it wrote."""
     p = params["prepare"]
     started = time.monotonic()
-    cache_dir = Path(params["sources"]["cache_dir"]).expanduser()
-    lock = Lock(paths.resolve(params["sources"]["lock"]))
-    docs_source = docs_source or p["docs"]
-    tasks_source = tasks_source or p["tasks"]
+    cache_dir = paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir")
+    lock = Lock(paths.resolve(params["sources"]["lock"], "sources.lock"))
+    # sources named in params are confined to the project; --docs/--tasks are the user's own choice
+    docs_source = docs_source or _confined(p["docs"], paths, "prepare.docs")
+    tasks_source = tasks_source or _confined(p["tasks"], paths, "prepare.tasks")
     timings: dict[str, float] = {}
 
     t = time.monotonic()
@@ -328,6 +340,12 @@ def run(params: dict, paths: Paths, docs_source: str | None = None, tasks_source
     write_json(paths.prepared / "manifest.json", manifest)
     log.info("prepare: %d docs, %d train tasks, %d test tasks, skipped %s", len(docs), len(train), len(test), dict(skipped))
     return manifest
+
+
+def _confined(source: str, paths: Paths, what: str) -> str:
+    if source.startswith(("pypi:", "hf:")):
+        return source
+    return str(paths.resolve(source, what))
 
 
 def is_records_source(source: str) -> bool:

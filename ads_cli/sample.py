@@ -38,15 +38,15 @@ def load_tasks(path) -> list[dict]:
     return tasks
 
 
-def api_context(params: dict, paths: Paths, use_cache: bool | None = None) -> APIContext:
-    return APIContext(params, lambda: Searcher(paths.index), lambda: lm_mod.load_role(params, "policy", use_cache))
+def api_context(params: dict, paths: Paths) -> APIContext:
+    return APIContext(params, lambda: Searcher(paths.index), lambda: lm_mod.load_role(params, "policy", paths))
 
 
-def load_optimizer(params: dict, paths: Paths, iteration: int, use_cache: bool | None = None):
+def load_optimizer(params: dict, paths: Paths, iteration: int):
     """The optimizer going into `iteration`: its model (LoRA-tuned under `sft`) and learned exemplars."""
     from .train import load_state  # the optimizer's state is what train wrote for the last iteration
 
-    optimizer = lm_mod.load_role(params, "optimizer", use_cache)
+    optimizer = lm_mod.load_role(params, "optimizer", paths)
     state = load_state(paths, iteration)
     if iteration > 1:
         from .lora import adapter_dir
@@ -93,13 +93,13 @@ def propose(optimizer, tasks: list[dict], baseline: dict, state: list[dict], api
     return sorted(records, key=lambda r: r["trajectory_id"])
 
 
-def run(params: dict, paths: Paths, iteration: int = 1, use_cache: bool | None = None) -> dict:
+def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
     p = params["sample"]
     started = time.monotonic()
     tasks = load_tasks(paths.tasks_train)
-    apis = registry(api_context(params, paths, use_cache))
-    policy = lm_mod.load_role(params, "policy", use_cache)
-    optimizer, state = load_optimizer(params, paths, iteration, use_cache)
+    apis = registry(api_context(params, paths))
+    policy = lm_mod.load_role(params, "policy", paths)
+    optimizer, state = load_optimizer(params, paths, iteration)
     # self-knowledge: the policy's own answers on the observed examples (the call cache keeps them)
     baseline = answer_examples(policy, tasks, "observed", params["lm"]["max_new_tokens"], "sample: policy baseline")
     records = propose(optimizer, tasks, baseline, state, apis, p, iteration, p["n_trajectories"], p["temperature"])

@@ -65,7 +65,7 @@ def load_state(paths: Paths, iteration: int) -> list[dict]:
     return read_jsonl(path)
 
 
-def update(params: dict, paths: Paths, iteration: int, use_cache: bool | None = None) -> dict:
+def update(params: dict, paths: Paths, iteration: int) -> dict:
     t = params["train"]
     started = time.monotonic()
     tasks = {task["id"]: task for task in sample_stage.load_tasks(paths.tasks_train)}
@@ -74,7 +74,7 @@ def update(params: dict, paths: Paths, iteration: int, use_cache: bool | None = 
     if not exec_path.exists():
         raise AdsError(f"{exec_path}: not found; run `ads execute --iter {iteration}` first")
     executions = read_jsonl(exec_path, execute_stage.validate_execution)
-    policy = lm_mod.load_role(params, "policy", use_cache)
+    policy = lm_mod.load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
     baseline = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
     observed = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
@@ -136,7 +136,7 @@ def update(params: dict, paths: Paths, iteration: int, use_cache: bool | None = 
         pairs = [(prompts[b["task_id"]], "\n".join(f"{c['api']}: {c['arg']}" for c in b["calls"]) or "none")
                  for b in best_rows if prompts.get(b["task_id"])]
         if pairs:
-            optimizer = lm_mod.load_role(params, "optimizer", use_cache)
+            optimizer = lm_mod.load_role(params, "optimizer", paths)
             sft_seconds = train_optimizer_sft(params, optimizer, [(p, c + "\nend") for p, c in pairs], adapter_dir(paths, iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
@@ -199,16 +199,16 @@ def export_optimizer(paths: Paths, iteration: int) -> None:
     tmp.rename(paths.optimizer)
 
 
-def run(params: dict, paths: Paths, iterations: int | None = None, use_cache: bool | None = None) -> dict:
+def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
     n = iterations or params["train"]["iterations"]
     if n < 1:
         raise AdsError(f"--iter must be >= 1, got {n}")
     started = time.monotonic()
     for k in range(1, n + 1):
         log.info("train: iteration %d/%d", k, n)
-        sample_stage.run(params, paths, k, use_cache)
-        execute_stage.run(params, paths, k, use_cache)
-        update(params, paths, k, use_cache)
+        sample_stage.run(params, paths, k)
+        execute_stage.run(params, paths, k)
+        update(params, paths, k)
     export_optimizer(paths, n)
     summary = write_metrics(params, paths, n)
     summary["timings"] = {"total_s": round(time.monotonic() - started, 3)}

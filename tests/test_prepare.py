@@ -117,6 +117,17 @@ def test_docs_need_title_and_text(project, user_files):
         prepare.run(_params(project), project, docs_source=str(bad), tasks_source=str(user_files[1]))
 
 
+def test_split_is_stratified_by_category():
+    tasks = [{"id": f"{cat}{i}", "category": cat} for cat in ("math", "knowledge") for i in range(10)]
+    tasks += [{"id": f"code{i}", "category": "code"} for i in range(20)]
+    for seed in range(5):
+        train, test = prepare.split_tasks(tasks, seed, n_test=8, n_train=16)
+        count = lambda ts, cat: sum(t["category"] == cat for t in ts)
+        assert (count(test, "code"), count(test, "math"), count(test, "knowledge")) == (4, 2, 2)
+        assert (count(train, "code"), count(train, "math"), count(train, "knowledge")) == (8, 4, 4)
+        assert not {t["id"] for t in train} & {t["id"] for t in test}
+
+
 def test_categorize():
     assert prepare.categorize("arithmetic-expression") == "math"
     assert prepare.categorize("sql-queries") == "code"

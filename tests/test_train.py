@@ -100,3 +100,16 @@ def test_lora_policy_update_and_sft_optimizer(trained, tmp_path, monkeypatch):
 def test_train_needs_prepared_tasks(project):
     result = runner.invoke(app, ["train"])
     assert result.exit_code == 2 and "run `ads prepare` first" in result.output
+
+
+def test_python_api_runs_the_loop(trained, tmp_path):
+    from ads_cli import Pipeline
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.root, copy, ignore=shutil.ignore_patterns("iter_*", "optimizer", "results"))
+    pipeline = Pipeline.from_params(copy / "params.yaml", ["train.min_reward=-1"], root=copy)
+    summary = pipeline.train(iterations=1)
+    assert summary["iterations"] == 1
+    for name in ("trajectories", "rewards", "optimizer_state"):
+        rel = f"data/iter_1/{name}.jsonl"
+        assert (copy / rel).read_bytes() == (trained.root / rel).read_bytes(), rel
