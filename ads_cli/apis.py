@@ -80,6 +80,10 @@ class APIContext:
             self._model = self.model_factory()
         return self._model
 
+    def cache_stats(self) -> dict:
+        """Call-cache hits and misses of the APIs' model (none if no API needed it)."""
+        return self._model.cache.stats() if self._model is not None else {"hits": 0, "misses": 0, "enabled": None}
+
 
 def _provenance(api: str, arg: str) -> dict:
     return {"api": api, "arg": arg}

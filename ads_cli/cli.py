@@ -218,8 +218,8 @@ def evaluate(
 ) -> None:
     """Compare the trained optimizer with baselines on test tasks it never saw.
 
-    Reads: data/prepared/tasks_test.jsonl (or --tasks), data/index/, the last iteration's
-    optimizer state. Writes: results/evaluation.json, results/metrics.json, results/plot_scores.json
+    Reads: data/prepared/tasks_test.jsonl (or --tasks), data/index/, data/optimizer/ (what
+    `ads train` exported). Writes: results/evaluation.json, results/metrics.json, results/plot_scores.json
     and results/report.md.
     """
     from . import evaluate as stage_mod
@@ -231,7 +231,7 @@ def evaluate(
             f"evaluate: {ev['completed_tasks']}/{ev['total_tasks']} tasks; ADS {m['avg_score']:.3f} vs no data {m['avg_baseline_score']:.3f}"
             f" ({m['mean_diff_vs_no_data']:+.3f}, 95% CI [{m['ci95_vs_no_data'][0]:+.3f}, {m['ci95_vs_no_data'][1]:+.3f}]),"
             f" win/tie/loss {m['win_rate']:.0%}/{m['tie_rate']:.0%}/{m['loss_rate']:.0%}, mean cost {m['avg_cost']:.0f}"
-            f" in {ev['timings']['total_s']:.0f}s -> results/report.md"
+            f" in {ev['run']['total_s']:.0f}s -> results/report.md"
         )
 
 

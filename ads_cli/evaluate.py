@@ -57,7 +57,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     tasks = load_tasks(tasks_path or paths.tasks_test)
     require_index(paths)
     final_optimizer, final_state, final = trained_optimizer(params, paths)
-    apis = registry(api_context(params, paths))
+    ctx = api_context(params, paths)
+    apis = registry(ctx)
     builtin = ["retrieve", "demonstrate", "answer"]
     policy = lm_mod.load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
@@ -121,7 +122,9 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     evaluation = {"total_tasks": len(tasks), "completed_tasks": len(task_results), "failed_tasks": len(failed),
                   "failures": failed, "final_iteration": final, "metrics": summary, "task_results": task_results,
                   "cost_unit": "tokens read + generated, plus apis.retrieval_price per retrieval",
-                  "timings": {"total_s": round(time.monotonic() - started, 3), "resumed_calls": resumed}}
+                  # what differs from run to run (timing, cache, resume), kept apart from the results
+                  "run": {"total_s": round(time.monotonic() - started, 3), "resumed_calls": resumed,
+                          "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()}}}
     write_json(results_dir / "evaluation.json", evaluation)
     write_json(results_dir / "metrics.json", {k: v for k, v in summary.items() if not isinstance(v, dict)}
                | {f"vs_{m}": {k: summary["vs"][m][k] for k in ("win_rate", "mean_diff")} for m in summary["vs"]})

@@ -160,7 +160,8 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
         raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
     require_index(paths)
     trajectories = read_jsonl(traj_path, validate_trajectory)
-    apis = registry(api_context(params, paths))
+    ctx = api_context(params, paths)
+    apis = registry(ctx)
     results, resumed = run_calls(apis, trajectories, paths.iteration(iteration) / "execute.journal.jsonl",
                                  params["execute"]["journal_every"], fingerprint(params), max_cost=params["execute"]["max_cost"])
     executions = [assemble(t, results) for t in trajectories]
@@ -179,6 +180,7 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
             "items": dict(collections.Counter(i["kind"] for e in executions for i in e["items"])),
         },
         "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(r["cost"] for r in results.values())},
+        "cache": ctx.cache_stats(),
         "timings": {"total_s": round(time.monotonic() - started, 3)},
     }
     write_json(paths.iteration(iteration) / "execute_manifest.json", manifest)

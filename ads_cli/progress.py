@@ -68,14 +68,29 @@ class Tracker:
         print(f"{self.description}: {self.done}{total} ({elapsed:.0f}s{eta})", file=sys.stderr, flush=True)
 
 
+_live: Progress | None = None  # rich allows one live display: nested trackers share it
+
+
 @contextmanager
 def track(description: str, total: int | None = None, every: float = 5.0) -> Iterator[Tracker]:
-    if console.is_terminal:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console, transient=False) as progress:
-            task_id = progress.add_task(description, total=total)
-            yield Tracker(progress, task_id, description, total, every)
-    else:
+    global _live
+    if not console.is_terminal:
         tracker = Tracker(None, None, description, total, every)
         yield tracker
         log.info("%s: %d done in %.1fs", description, tracker.done, time.monotonic() - tracker._start)
+        return
+    owner = _live is None
+    if owner:
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+        _live = Progress(*columns, console=console, transient=False)
+        _live.start()
+    progress = _live
+    task_id = progress.add_task(description, total=total)
+    try:
+        yield Tracker(progress, task_id, description, total, every)
+    finally:
+        if owner:
+            progress.stop()
+            _live = None
+        else:
+            progress.remove_task(task_id)  # inner steps come and go; the outer bar stays

@@ -83,10 +83,14 @@ def make_flat_tasks(n_tasks: int = 6, n_examples: int = 8, hard: bool = False) -
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Paths:
-    """An empty project folder with a params file sized for tests, as the current directory."""
+    """An empty project folder with a params file sized for tests, as the current directory.
+
+    Wheels and the converted model come from the shared cache (~/.cache/ads, filled once); the
+    call cache is the test's own, so that no test answers from another's model calls.
+    """
     monkeypatch.chdir(tmp_path)
     params = params_mod.load(REPO / "params.tiny.yaml")
-    params["sources"]["cache_dir"] = str(tmp_path / "cache")
+    params["lm"]["call_cache"] = str(tmp_path / "calls.sqlite")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return Paths(tmp_path)
 

@@ -12,7 +12,7 @@ runner = CliRunner()
 def test_help_and_version():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("prepare", "index", "search"):
+    for command in ("prepare", "index", "sample", "execute", "train", "evaluate", "search", "generate"):
         assert command in result.output
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"ads {__version__}"

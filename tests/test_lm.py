@@ -134,3 +134,14 @@ def test_cli_generate(project, smol):
     assert result.exit_code == 2 and "prompt 1 is empty" in result.output
     result = runner.invoke(app, ["generate", "hi", "--set", "lm.policy=missing.gguf"])
     assert result.exit_code == 2 and "missing.gguf" in result.output and "Traceback" not in result.output
+
+
+def test_a_local_hugging_face_folder_is_a_model_source(smol, tmp_path):
+    folder = tmp_path / "my-model"
+    smol.model.save_pretrained(folder)
+    smol.tok.save_pretrained(folder)
+    local = lm.load(str(folder), CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
+    assert local.model is not smol.model and local.weights_hash != smol.weights_hash
+    assert "Paris" in local.generate(["What is the capital of France?"], max_new_tokens=16)[0].text
+    with pytest.raises(AdsError, match="not a Hugging Face model folder"):
+        lm.load(str(tmp_path), CACHE_DIR, Lock(REPO / "sources.lock.json"))

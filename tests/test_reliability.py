@@ -185,6 +185,6 @@ def test_sigkill_during_evaluate_then_rerun_matches(trained, tmp_path, seed):
     args = ["evaluate", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
     _kill_at_random_then_rerun(project, args, seed, (6.0, 14.0))
     a, b = read_json(project / "results/evaluation.json"), read_json(reference / "results/evaluation.json")
-    a.pop("timings"), b.pop("timings")
+    a.pop("run"), b.pop("run")
     assert a == b
     assert (project / "results/report.md").read_text() == (reference / "results/report.md").read_text()
