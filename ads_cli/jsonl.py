@@ -62,12 +62,34 @@ def read_json(path: Path) -> Any:
         raise AdsError(f"{path}: malformed JSON: {e}") from None
 
 
-def iter_jsonl(path: Path, validate: Callable[[dict], str | None] | None = None) -> Iterator[dict]:
-    """Yield the records of a JSONL file; blank lines are skipped.
+def parse_lines(lines: Iterable[bytes], label: str, validate: Callable[[dict], str | None] | None = None) -> Iterator[dict]:
+    """Yield the records of JSONL lines; blank lines are skipped.
 
-    Any problem is an `AdsError` naming `file:line`: not UTF-8, malformed JSON, a record that
+    Any problem is an `AdsError` naming `label:line`: not UTF-8, malformed JSON, a record that
     is not an object, or whatever `validate(record)` returns as an error message.
     """
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AdsError(f"{label}:{lineno}: not valid UTF-8") from None
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            raise AdsError(f"{label}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise AdsError(f"{label}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        if validate is not None:
+            problem = validate(record)
+            if problem:
+                raise AdsError(f"{label}:{lineno}: {problem}")
+        yield record
+
+
+def iter_jsonl(path: Path, validate: Callable[[dict], str | None] | None = None) -> Iterator[dict]:
+    """Yield the records of a JSONL file (see `parse_lines` for the errors)."""
     path = Path(path)
     try:
         f = path.open("rb")
@@ -76,24 +98,7 @@ def iter_jsonl(path: Path, validate: Callable[[dict], str | None] | None = None)
     except IsADirectoryError:
         raise AdsError(f"{path}: is a folder, expected a JSONL file") from None
     with f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise AdsError(f"{path}:{lineno}: not valid UTF-8") from None
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise AdsError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise AdsError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            if validate is not None:
-                problem = validate(record)
-                if problem:
-                    raise AdsError(f"{path}:{lineno}: {problem}")
-            yield record
+        yield from parse_lines(f, str(path), validate)
 
 
 def read_jsonl(path: Path, validate: Callable[[dict], str | None] | None = None) -> list[dict]:

