@@ -17,7 +17,9 @@ import orjson
 
 from .prepare import last_message
 
-STOP = ["\nend", "\n\n", "\nTask:"]
+# stop at the end of the trajectory, and where a 135M optimizer starts copying the prompt's own
+# fields (" | correct: ...", " (score 0.0)") into an argument
+STOP = ["\nend", "\n\n", "\nTask:", " | ", " (score"]
 _CALL = re.compile(r"^\s*(?P<api>[A-Za-z_][\w-]*)\s*:\s*(?P<arg>.*?)\s*$")
 
 
