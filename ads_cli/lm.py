@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,28 +45,6 @@ class Generation:
     @property
     def cost(self) -> int:
         return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass
-class Usage:
-    """Token counts a stage adds up into its manifest."""
-
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    truncated: int = 0
-    extra: dict = field(default_factory=dict)
-
-    def add(self, g: Generation) -> None:
-        self.calls += 1
-        self.prompt_tokens += g.prompt_tokens
-        self.completion_tokens += g.completion_tokens
-        self.truncated += g.truncated
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d | self.extra
 
 
 def _torch():
