@@ -82,7 +82,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
         for method, plan in plans.items():
             trajectories[(tid, method)] = {"task_id": tid, "trajectory_id": f"{tid}#eval.{method}", "calls": plan["calls"],
                                            **({"parse_error": plan["parse_error"]} if "parse_error" in plan else {})}
-    results_dir = paths.root / "results"
+    results_dir = paths.results
     call_results, resumed = run_calls(apis, list(trajectories.values()), results_dir / "evaluate.journal.jsonl",
                                       params["execute"]["journal_every"], fingerprint(params), "evaluate: calls",
                                       max_cost=params["execute"]["max_cost"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import tantivy
 
 from .errors import AdsError
-from .jsonl import iter_jsonl, read_json, sha256_file, write_json
+from .jsonl import fresh_tmp_dir, iter_jsonl, read_json, replace_dir, sha256_file, write_json
 from .paths import Paths
 from .progress import log, track
 
@@ -54,9 +54,7 @@ def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int 
     if not docs_path.exists():
         raise AdsError(f"{docs_path}: not found; run `ads prepare` first")
     started = time.monotonic()
-    tmp_dir = index_dir.with_name(index_dir.name + ".tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
+    tmp_dir = fresh_tmp_dir(index_dir)
     index = tantivy.Index(_schema(), path=str(tmp_dir))
     writer = index.writer(heap_size=heap_bytes, num_threads=1)
     count = 0
@@ -78,13 +76,7 @@ def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int 
         "timings": {"build_s": round(time.monotonic() - started, 3)},
     }
     write_json(tmp_dir / "manifest.json", manifest)
-    # swap: the old index stays usable until the new one is complete
-    old_dir = index_dir.with_name(index_dir.name + ".old")
-    shutil.rmtree(old_dir, ignore_errors=True)
-    if index_dir.exists():
-        index_dir.rename(old_dir)
-    tmp_dir.rename(index_dir)
-    shutil.rmtree(old_dir, ignore_errors=True)
+    replace_dir(tmp_dir, index_dir)  # the old index stays usable until the new one is complete
     log.info("index: %d docs in %.1fs", count, manifest["timings"]["build_s"])
     return manifest
 

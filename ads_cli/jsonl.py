@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -31,6 +32,24 @@ def _atomic_write_bytes(path: Path, chunks: Iterable[bytes]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fresh_tmp_dir(dest: Path) -> Path:
+    """An empty `<dest>.tmp` folder beside `dest`, to build a folder artifact in before `replace_dir`."""
+    tmp = Path(dest).with_name(Path(dest).name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Swap a completed folder in: the old one stays whole until the new one is in place."""
+    old = Path(dest).with_name(Path(dest).name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if Path(dest).exists():
+        Path(dest).rename(old)
+    Path(tmp).rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_jsonl(path: Path, records: Iterable[dict]) -> int:

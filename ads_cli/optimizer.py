@@ -41,10 +41,14 @@ def _block(name: str, category: str, examples: list[tuple[str, str, str, float]]
     return "\n".join(lines)
 
 
+def format_calls(calls: list[dict]) -> str:
+    """Calls in the optimizer's line format, `none` for an empty trajectory (what `parse_trajectory` reads)."""
+    return "\n".join(f"{c['api']}: {c['arg']}" for c in calls) or "none"
+
+
 def exemplar_text(exemplar: dict) -> str:
     block = _block(exemplar["task"], exemplar["category"], [(exemplar["example"], exemplar["reference"], exemplar["policy_answer"], exemplar["score"])])
-    calls = [f"{c['api']}: {c['arg']}" for c in exemplar["calls"]] or ["none"]
-    return block + "\n" + "\n".join(calls) + "\nend"
+    return block + "\n" + format_calls(exemplar["calls"]) + "\nend"
 
 
 def header(api_descriptions: list[str]) -> str:

@@ -41,6 +41,10 @@ class Paths:
         return self.data / "index"
 
     @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 

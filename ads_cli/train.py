@@ -22,8 +22,8 @@ from . import execute as execute_stage
 from . import lm as lm_mod
 from . import sample as sample_stage
 from .errors import AdsError
-from .jsonl import read_json, read_jsonl, write_json, write_jsonl
-from .optimizer import exemplar_from
+from .jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
+from .optimizer import exemplar_from, format_calls
 from .paths import Paths
 from .policy import answer_examples, build_context, score_with_context
 from .progress import log, track
@@ -50,9 +50,8 @@ def preference_pairs(rows: list[dict], prompt: str) -> dict | None:
     parsed = sorted((r for r in rows if "parse_error" not in r), key=lambda r: (-r["reward"], r["trajectory_id"]))
     if len(parsed) < 2 or parsed[0]["reward"] == parsed[-1]["reward"]:
         return None
-    fmt = lambda r: "\n".join(f"{c['api']}: {c['arg']}" for c in r["calls"]) or "none"
-    return {"task_id": parsed[0]["task_id"], "prompt": prompt, "chosen": fmt(parsed[0]) + "\nend",
-            "rejected": fmt(parsed[-1]) + "\nend", "reward_chosen": parsed[0]["reward"], "reward_rejected": parsed[-1]["reward"]}
+    return {"task_id": parsed[0]["task_id"], "prompt": prompt, "chosen": format_calls(parsed[0]["calls"]) + "\nend",
+            "rejected": format_calls(parsed[-1]["calls"]) + "\nend", "reward_chosen": parsed[0]["reward"], "reward_rejected": parsed[-1]["reward"]}
 
 
 def load_state(paths: Paths, iteration: int) -> list[dict]:
@@ -133,11 +132,10 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
 
         # the prompt each task's trajectories were sampled from -> its best calls
         prompts = {tr["task_id"]: tr.get("prompt", "") for tr in trajectories.values()}
-        pairs = [(prompts[b["task_id"]], "\n".join(f"{c['api']}: {c['arg']}" for c in b["calls"]) or "none")
-                 for b in best_rows if prompts.get(b["task_id"])]
+        pairs = [(prompts[b["task_id"]], format_calls(b["calls"]) + "\nend") for b in best_rows if prompts.get(b["task_id"])]
         if pairs:
             optimizer = lm_mod.load_role(params, "optimizer", paths)
-            sft_seconds = train_optimizer_sft(params, optimizer, [(p, c + "\nend") for p, c in pairs], adapter_dir(paths, iteration))
+            sft_seconds = train_optimizer_sft(params, optimizer, pairs, adapter_dir(paths, iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
     metrics = {
@@ -175,9 +173,8 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
         summary["last_vs_previous"] = {"from": per_iter[-2]["iteration"], "to": per_iter[-1]["iteration"]} | cmp
     plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_cost", "parse_rate")}
             | {f"api_{api}": n for api, n in sorted(m["api_mix"].items())} for m in per_iter]
-    results = paths.root / "results"
-    write_json(results / "train_metrics.json", summary)
-    write_json(results / "train_plot.json", plot)
+    write_json(paths.results / "train_metrics.json", summary)
+    write_json(paths.results / "train_plot.json", plot)
     return summary
 
 
@@ -188,15 +185,12 @@ def export_optimizer(paths: Paths, iteration: int) -> None:
 
     from .lora import adapter_dir
 
-    tmp = paths.optimizer.with_name(paths.optimizer.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = fresh_tmp_dir(paths.optimizer)
     shutil.copy2(paths.iteration(iteration) / "optimizer_state.jsonl", tmp / "state.jsonl")
     if adapter_dir(paths, iteration).exists():
         shutil.copytree(adapter_dir(paths, iteration), tmp / "lora")
     write_json(tmp / "manifest.json", {"iteration": iteration})
-    shutil.rmtree(paths.optimizer, ignore_errors=True)
-    tmp.rename(paths.optimizer)
+    replace_dir(tmp, paths.optimizer)
 
 
 def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
