@@ -30,9 +30,16 @@ class APIResult:
     cost: float = 0.0
     ok: bool = True
     error: str | None = None
+    retry: bool = False  # failed for a passing reason (a server request): not journaled, a rerun calls again
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        del record["retry"]
+        return record
+
+
+def failed_request(api: str, arg: str, error: str) -> APIResult:
+    return APIResult(api, arg, ok=False, error=f"model request failed: {error}", retry=True)
 
 
 class API(Protocol):
@@ -47,12 +54,16 @@ def call_many(api: Any, args: list[str]) -> list[APIResult]:
     if hasattr(api, "call_many"):
         try:
             return api.call_many(args)
+        except AdsError:  # the run cannot go on (a server that cannot be reached, say)
+            raise
         except Exception as e:  # a broken batch falls back to one call at a time
             log.warning("%s: batch failed (%s); calling one by one", api.name, e)
     results = []
     for arg in args:
         try:
             results.append(api(arg))
+        except AdsError:
+            raise
         except Exception as e:  # an API that raises is recorded, and the run goes on
             results.append(APIResult(api.name, arg, ok=False, error=f"{type(e).__name__}: {e}"))
     return results
@@ -148,6 +159,9 @@ class Demonstrate(BatchedAPI):
         gens = self.ctx.model.generate([self.prompt(a) for a in args], max_new_tokens=self.max_tokens, desc="demonstrate")
         results = []
         for arg, g in zip(args, gens):
+            if g.error:
+                results.append(failed_request(self.name, arg, g.error))
+                continue
             pairs, failed = parse_pairs(g.text)
             items = [{"kind": "demonstration", "instruction": q, "response": a, "source": _provenance(self.name, arg)}
                      for q, a in pairs[: self.n]]
@@ -175,6 +189,9 @@ class Answer(BatchedAPI):
         gens = self.ctx.model.generate(prompts, max_new_tokens=self.max_tokens, desc="answer")
         results = []
         for arg, hits, g in zip(args, contexts, gens):
+            if g.error:
+                results.append(failed_request(self.name, arg, g.error))
+                continue
             item = {"kind": "qa", "question": arg, "answer": g.text, "sources": [h["doc_id"] for h in hits],
                     "source": _provenance(self.name, arg)}
             cost = g.cost + (self.price if self.grounded else 0)

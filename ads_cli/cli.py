@@ -262,11 +262,44 @@ def generate(
             seed=p["lm"]["seed"] if seed is None else seed,
             chat=not raw,
         )[0]
+        if g.error:
+            raise AdsError(f"--role {role}: the request failed: {g.error}")
         sys.stdout.write(g.text + "\n")
         console.print(
             f"[dim]{g.prompt_tokens} prompt tokens, {g.completion_tokens} generated"
             f"{', from cache' if g.cached else ''}{', prompt truncated' if g.truncated else ''}[/]"
         )
+
+
+@app.command()
+def serve(
+    role: str = typer.Option("policy", "--role", help="Serve the GGUF that lm.<role> names, under openai_<role>.model."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port; set openai_<role>.base_url to match."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads; 0 means all cores."),
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Serve the packaged model with llama.cpp's OpenAI-compatible server (needs the `server` extra).
+
+    Then run any stage with --set lm.policy_backend=openai (and the optimizer's the same):
+    README, "Serving the models". Runs until Ctrl-C.
+    """
+    import subprocess
+
+    from . import serve as serve_mod
+
+    if role not in ("policy", "optimizer"):
+        fail(f"--role: expected policy or optimizer, got {role!r}")
+    with stage("serve", params, set_, verbose) as (p, paths):
+        command = serve_mod.server_command(serve_mod.gguf_path(p, role, paths), p[f"openai_{role}"]["model"], host, port,
+                                           threads=threads)
+        console.print(f"serving {command[4]} as {p[f'openai_{role}']['model']!r} at http://{host}:{port}/v1", highlight=False)
+    try:
+        raise typer.Exit(subprocess.call(command))
+    except KeyboardInterrupt:
+        raise typer.Exit(0)
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: i
                     rec = r.as_dict()
                     done[_call_id(r.api, r.arg)] = rec
                     spent += r.cost
-                    journal.write(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS) + b"\n")
+                    if not r.retry:  # a failed server request is asked again by the next run
+                        journal.write(orjson.dumps(rec, option=orjson.OPT_SORT_KEYS) + b"\n")
                 journal.flush()
                 os.fsync(journal.fileno())
                 progress.step(len(chunk))

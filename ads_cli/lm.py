@@ -20,7 +20,7 @@ import copy
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .cache import CallCache, call_key
 from .errors import AdsError
@@ -41,6 +41,10 @@ class Generation:
     completion_tokens: int
     cached: bool = False
     truncated: bool = False
+    error: str | None = None  # the request failed (server backend); text is empty, nothing is cached
+
+    def cache_record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("cached", "error")}
 
     @property
     def cost(self) -> int:
@@ -161,6 +165,17 @@ class LineGrammar:
     def key(self) -> list:
         return [self.options, self.first_line_options, self.terminal]
 
+    def to_gbnf(self) -> str:
+        """The same rule as a GBNF grammar, for servers that constrain decoding (llama.cpp)."""
+
+        def alternatives(options: list[str]) -> str:
+            quoted = (('"' + o.replace("\\", "\\\\").replace('"', '\\"') + '"') + ("" if o in self.terminal else " rest")
+                      for o in options)
+            return " | ".join(quoted)
+
+        return (f"root ::= first (\"\\n\" line)*\nfirst ::= {alternatives(self.first_line_options)}\n"
+                f"line ::= {alternatives(self.options)}\nrest ::= [^\\n]*\n")
+
     def allowed(self, tok, line: str, first_line: bool) -> list[int] | None:
         """Token ids that may follow `line` (the current line so far); None means any token."""
         if (line, first_line) in self._allowed:
@@ -249,9 +264,7 @@ class LM:
     ) -> list[Generation]:
         stop = list(stop or [])
         rendered = [self.render(p, chat) for p in prompts]
-        for i, text in enumerate(rendered):
-            if not (prompts[i] if isinstance(prompts[i], str) else text).strip():
-                raise AdsError(f"prompt {i + 1} is empty")
+        check_prompts(prompts, rendered)
         results: list[Generation | None] = [None] * len(rendered)
         todo: dict[int, tuple[str, list[int], bool, int]] = {}
         for i, text in enumerate(rendered):
@@ -265,18 +278,13 @@ class LM:
         if todo:
             with track(desc, total=len(todo)) as progress:
                 for i, gen in self._generate_uncached(todo, max_new_tokens, temperature, stop, progress, grammar):
-                    self.cache.put(todo[i][0], {k: v for k, v in asdict(gen).items() if k != "cached"})
+                    self.cache.put(todo[i][0], gen.cache_record())
                     results[i] = gen
         return results  # type: ignore[return-value]
 
     def _key(self, rendered: str, max_new_tokens: int, temperature: float, seed: int, stop: list[str],
              grammar: LineGrammar | None = None) -> tuple[str, int | None]:
-        """The call-cache key of one generation, and the prompt's own sampling seed."""
-        prompt_seed = int(call_key(seed, rendered)[:8], 16) if temperature > 0 else None
-        parts = ["generate", self.weights_hash, rendered, max_new_tokens, temperature, prompt_seed, stop]
-        if grammar is not None:
-            parts.append(grammar.key())
-        return call_key(*parts), prompt_seed
+        return generation_key(self.weights_hash, rendered, max_new_tokens, temperature, seed, stop, grammar)
 
     def all_cached(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0,
                    seed: int = 0, stop: Sequence[str] | None = None, chat: bool = True) -> bool:
@@ -340,12 +348,7 @@ class LM:
             if t in self.eos_ids:
                 n = j + 1
                 break
-        text = self.tok.decode(tokens[:n], skip_special_tokens=True)
-        for s in stop:
-            cut = text.find(s)
-            if cut >= 0:
-                text = text[:cut]
-        return text.strip(), n
+        return cut_at_stop(self.tok.decode(tokens[:n], skip_special_tokens=True), stop), n
 
     # ------------------------------------------------------------ scoring
 
@@ -382,6 +385,35 @@ class LM:
         return results  # type: ignore[return-value]
 
 
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string, stripped."""
+    for s in stop:
+        cut = text.find(s)
+        if cut >= 0:
+            text = text[:cut]
+    return text.strip()
+
+
+def check_prompts(prompts: Sequence[Prompt], rendered: Sequence) -> None:
+    for i, text in enumerate(rendered):
+        if not (prompts[i] if isinstance(prompts[i], str) else text).strip():
+            raise AdsError(f"prompt {i + 1} is empty")
+
+
+def generation_key(model_id: str, prompt, max_new_tokens: int, temperature: float, seed: int, stop: list[str],
+                   grammar: LineGrammar | None = None) -> tuple[str, int | None]:
+    """The call-cache key of one generation, and the prompt's own sampling seed.
+
+    `model_id` names the weights (a sha256 locally, the served model's name for a server);
+    `prompt` is what the model reads: the rendered text locally, the messages for a server.
+    """
+    prompt_seed = int(call_key(seed, prompt)[:8], 16) if temperature > 0 else None
+    parts = ["generate", model_id, prompt, max_new_tokens, temperature, prompt_seed, stop]
+    if grammar is not None:
+        parts.append(grammar.key())
+    return call_key(*parts), prompt_seed
+
+
 def _common_prefix(seqs: list[list[int]]) -> int:
     first = seqs[0]
     n = min(len(s) for s in seqs)
@@ -393,6 +425,10 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 
 
 _LOADED: dict[tuple, tuple] = {}
+
+
+def _call_cache(cache_dir: Path, use_cache: bool, call_cache: Path | None) -> CallCache:
+    return CallCache((call_cache or cache_dir / "calls.sqlite") if use_cache else None)
 
 
 def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch_size: int = 16, use_cache: bool = True,
@@ -415,21 +451,41 @@ def load(source: str, cache_dir: str | Path, lock: Lock, threads: int = 0, batch
         tokenizer.padding_side = "left"
         _LOADED[(target, digest)] = (model, tokenizer)
     model, tokenizer = _LOADED[(target, digest)]
-    cache = CallCache((call_cache or cache_dir / "calls.sqlite") if use_cache else None)
-    return LM(model, tokenizer, digest, source, batch_size=batch_size, cache=cache)
+    return LM(model, tokenizer, digest, source, batch_size=batch_size, cache=_call_cache(cache_dir, use_cache, call_cache))
 
 
-def load_role(params: dict, role: str, paths: Paths | None = None) -> LM:
-    """The model params name for `role` ("policy" or "optimizer"), with the project's settings."""
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(source: str, cache_dir: Path, lock: Lock):
+    """Only the tokenizer of a model source (the server backend counts context tokens with it)."""
+    target, _ = resolve_model(source, Path(cache_dir).expanduser(), lock)
+    if target not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _quiet_transformers()
+        try:
+            _TOKENIZERS[target] = AutoTokenizer.from_pretrained(target)
+        except OSError as e:
+            raise AdsError(f"model {source!r}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    return _TOKENIZERS[target]
+
+
+def load_role(params: dict, role: str, paths: Paths | None = None):
+    """The model params name for `role` ("policy" or "optimizer"), with the project's settings:
+    an `LM` for `lm.<role>_backend: local`, a `remote.OpenAIBackend` for `openai`."""
     p = params["lm"]
     paths = paths or Paths.here()
     source = p[role] if p[role].startswith(("pypi:", "hf:")) else str(paths.resolve(p[role], f"lm.{role}"))
-    return load(
-        source,
-        paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir"),
-        Lock(paths.resolve(params["sources"]["lock"], "sources.lock")),
-        threads=p["threads"],
-        batch_size=p["batch_size"],
-        use_cache=p["cache"],
-        call_cache=paths.resolve(p["call_cache"], "lm.call_cache") if p["call_cache"] else None,
-    )
+    cache_dir = paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir")
+    lock = Lock(paths.resolve(params["sources"]["lock"], "sources.lock"))
+    call_cache = paths.resolve(p["call_cache"], "lm.call_cache") if p["call_cache"] else None
+    if p[f"{role}_backend"] == "openai":
+        from .remote import OpenAIBackend
+
+        tok = load_tokenizer(source, cache_dir, lock)
+        cache = _call_cache(Path(cache_dir).expanduser(), p["cache"], call_cache)
+        return OpenAIBackend(params[f"openai_{role}"], f"openai_{role}", cache,
+                             lambda text: len(tok(text, add_special_tokens=False).input_ids))
+    return load(source, cache_dir, lock, threads=p["threads"], batch_size=p["batch_size"], use_cache=p["cache"],
+                call_cache=call_cache)

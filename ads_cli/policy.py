@@ -29,8 +29,16 @@ def answer_examples(model: LM, tasks: list[dict], split: str, max_new_tokens: in
     out: dict[str, list[dict]] = {t["id"]: [] for t in tasks}
     for (task, j), g in zip(where, gens):
         ref = task[split][j]["reference"]
-        out[task["id"]].append({"answer": g.text, "score": score(task["metric"], g.text, ref), "tokens": g.cost})
+        out[task["id"]].append(scored(task["metric"], g, ref))
     return out
+
+
+def scored(metric: str, g: Generation, reference: str) -> dict:
+    """One answer's record; a failed server request scores 0 and says why."""
+    record = {"answer": g.text, "score": score(metric, g.text, reference), "tokens": g.cost}
+    if g.error:
+        record["error"] = g.error
+    return record
 
 
 _WORDS = re.compile(r"\w+")
@@ -83,5 +91,4 @@ def score_with_context(model: LM, task: dict, context: str | list[str], max_new_
     contexts = context if isinstance(context, list) else [context] * len(examples)
     prompts = [example_messages(e["input"], c) for e, c in zip(examples, contexts)]
     gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
-    return [{"answer": g.text, "score": score(task["metric"], g.text, e["reference"]), "tokens": g.cost}
-            for e, g in zip(examples, gens)]
+    return [scored(task["metric"], g, e["reference"]) for e, g in zip(examples, gens)]

@@ -59,6 +59,8 @@ def with_adapter(optimizer, adapter: Path):
     """The optimizer with its LoRA adapter where `sft` saved one (none when nothing was kept)."""
     if not adapter.exists():
         return optimizer
+    if not isinstance(optimizer, lm_mod.LM):
+        raise AdsError(f"{adapter}: a LoRA adapter trained with optimizer_update=sft needs lm.optimizer_backend=local")
     from .lora import load_tuned_optimizer
 
     return load_tuned_optimizer(optimizer, adapter)
@@ -83,7 +85,7 @@ def propose(optimizer, tasks: list[dict], baseline: dict, state: list[dict], api
                                       seed=p["seed"] + j, stop=STOP, chat=False, grammar=grammar,
                                       desc=f"{label}: {category} trajectory {j + 1}/{n_trajectories}")
             for task, prompt, g in zip(group, prompts, gens):
-                calls, error = parse_trajectory(g.text, set(apis), p["max_calls"])
+                calls, error = ([], f"generation failed ({g.error})") if g.error else parse_trajectory(g.text, set(apis), p["max_calls"])
                 record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
                           "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt,
                           "exemplars": [e.get("task_id", e["task"]) for e in exemplars]}

