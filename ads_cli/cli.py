@@ -9,6 +9,7 @@ from typing import Iterator, List, Optional
 
 import orjson
 import typer
+from rich.markup import escape
 
 from . import __version__
 from . import params as params_mod
@@ -31,7 +32,7 @@ NoCacheOpt = typer.Option(False, "--no-cache", help="Do not read or write the pe
 
 
 def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 

@@ -62,8 +62,7 @@ def _snippet(response: httpx.Response) -> str:
 class OpenAIBackend:
     """`generate`, `loglikelihood`, `count_tokens` and `all_cached` over HTTP, like `lm.LM`."""
 
-    def __init__(self, settings: dict, section: str, cache: CallCache, count_tokens: Callable[[str], int],
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(self, settings: dict, section: str, cache: CallCache, count_tokens: Callable[[str], int]):
         self.settings, self.section = settings, section
         self.base_url = settings["base_url"].rstrip("/")
         self.model_name = settings["model"]
@@ -80,7 +79,7 @@ class OpenAIBackend:
                 raise AdsError(f"params: {section}.api_key_env: environment variable {settings['api_key_env']} is not set")
             headers["Authorization"] = f"Bearer {key}"
         self.client = httpx.Client(
-            base_url=self.base_url + "/", headers=headers, timeout=settings["timeout"], transport=transport,
+            base_url=self.base_url + "/", headers=headers, timeout=settings["timeout"],
             limits=httpx.Limits(max_connections=settings["concurrency"], max_keepalive_connections=settings["concurrency"]),
         )
         self.stats = {"requests": 0, "retries": 0, "failed": 0}

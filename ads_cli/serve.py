@@ -37,7 +37,7 @@ def gguf_path(params: dict, role: str, paths: Paths) -> Path:
 
 def server_command(gguf: Path, alias: str, host: str, port: int, n_ctx: int = 4096, threads: int = 0) -> list[str]:
     if importlib.util.find_spec("llama_cpp") is None:
-        raise AdsError("llama-cpp-python is not installed: pip install -e '.[server]' (compiles llama.cpp, ~9 min once)")
+        raise AdsError("llama-cpp-python is not installed: pip install -e '.[server]' (compiles llama.cpp once, 4-9 min on 2 cores)")
     threads = threads or os.cpu_count() or 1
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias, "--host", host,
             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]

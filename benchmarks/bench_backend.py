@@ -34,6 +34,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--concurrency", default="1,2,4,8")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--base-url", help="benchmark a server that is already running (e.g. llama.cpp's llama-server"
+                                       " --parallel 8) instead of starting llama-cpp-python's")
+    ap.add_argument("--model", help="the served model's name (default: openai_policy.model)")
     args = ap.parse_args()
 
     params = params_mod.load(args.params)
@@ -45,10 +48,14 @@ def main() -> None:
           f" {args.new_tokens} new tokens each, greedy, no call cache; {torch.get_num_threads()} threads")
 
     rows = []
-    process, base_url = serve.start(serve.gguf_path(params, "policy", Paths.here()), params["openai_policy"]["model"])
+    model = args.model or params["openai_policy"]["model"]
+    if args.base_url:
+        process, base_url = None, args.base_url
+    else:
+        process, base_url = serve.start(serve.gguf_path(params, "policy", Paths.here()), model)
     try:
         for c in (int(x) for x in args.concurrency.split(",")):
-            settings = dict(params["openai_policy"], base_url=base_url, concurrency=c, timeout=600.0,
+            settings = dict(params["openai_policy"], base_url=base_url, model=model, concurrency=c, timeout=600.0,
                             extra_body={"repeat_penalty": 1.0})
             remote = OpenAIBackend(settings, "openai_policy", CallCache(None), local.count_tokens)
             t = time.perf_counter()
@@ -58,8 +65,9 @@ def main() -> None:
             if failed:
                 print(f"  concurrency {c}: {failed} requests failed")
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
 
     t = time.perf_counter()
     local_gens = local.generate(prompts, max_new_tokens=args.new_tokens, desc="local engine")

@@ -175,3 +175,22 @@ def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp
         assert (tmp_path / "results" / "report.md").exists()
     finally:
         proxy.close()
+
+
+def test_ads_serve_serves_the_packaged_model(tmp_path):
+    import subprocess
+    import sys
+
+    port = serve.free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:  # the server logs a lot: a pipe nobody reads would fill up and stall it
+        process = subprocess.Popen([sys.executable, "-m", "ads_cli.cli", "serve", "--port", str(port), "--params",
+                                    str(REPO / "params.tiny.yaml")], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        serve.wait_ready(f"http://127.0.0.1:{port}/v1", process)
+        assert "as 'smollm2-135m-instruct' at" in log.read_text(errors="replace")
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
