@@ -12,6 +12,7 @@ and how many answers match the local engine's text.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def main() -> None:
     ap.add_argument("--base-url", help="benchmark a server that is already running (e.g. llama.cpp's llama-server"
                                        " --parallel 8) instead of starting llama-cpp-python's")
     ap.add_argument("--model", help="the served model's name (default: openai_policy.model)")
+    ap.add_argument("--extra-body", default='{"repeat_penalty": 1.0}',
+                    help="JSON merged into each request; for llama-server add \"cache_prompt\": false, or the"
+                         " later rows reuse the KV cache of the earlier rows' identical prompts")
     args = ap.parse_args()
 
     params = params_mod.load(args.params)
@@ -56,7 +60,7 @@ def main() -> None:
     try:
         for c in (int(x) for x in args.concurrency.split(",")):
             settings = dict(params["openai_policy"], base_url=base_url, model=model, concurrency=c, timeout=600.0,
-                            extra_body={"repeat_penalty": 1.0})
+                            extra_body=json.loads(args.extra_body))
             remote = OpenAIBackend(settings, "openai_policy", CallCache(None), local.count_tokens)
             t = time.perf_counter()
             gens = remote.generate(prompts, max_new_tokens=args.new_tokens, desc=f"server, concurrency {c}")
