@@ -129,15 +129,44 @@ def test_llama_cpp_prompt_logprobs_are_refused_with_the_reason(llama_server, tmp
         model.loglikelihood([("The capital of France is", " Paris")])
 
 
-def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def small_project(root, monkeypatch) -> Paths:
+    """Prepared and indexed from the small test files, with its own call cache."""
+    root.mkdir(exist_ok=True)
+    monkeypatch.chdir(root)
     params = params_mod.load(REPO / "params.tiny.yaml")
-    params["lm"]["call_cache"] = str(tmp_path / "calls.sqlite")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_jsonl(tmp_path / "docs.jsonl", make_docs())
-    write_jsonl(tmp_path / "tasks.jsonl", make_flat_tasks(hard=True))
+    params["lm"]["call_cache"] = str(root / "calls.sqlite")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    write_jsonl(root / "docs.jsonl", make_docs())
+    write_jsonl(root / "tasks.jsonl", make_flat_tasks(hard=True))
     for args in (["prepare", "--docs", "docs.jsonl", "--tasks", "tasks.jsonl"], ["index"]):
         assert runner.invoke(app, args).exit_code == 0
+    return Paths(root)
+
+
+def test_a_rerun_from_the_call_cache_gives_the_same_artifacts_without_the_server(llama_server, tmp_path, monkeypatch):
+    """Bit-for-bit repeats are the server's business (llama-cpp-python's answers depend a little on
+    the request before: README); the call cache makes a rerun exact and sends nothing."""
+    proxy = Proxy(llama_server)
+    try:
+        sets = [x for s in served_params(proxy.url) for x in ("--set", s)]
+        outputs = []
+        for run in ("a", "b"):
+            paths = small_project(tmp_path / run, monkeypatch)
+            result = runner.invoke(app, ["train", "--iter", "1", *sets, "--set", f"lm.call_cache={tmp_path / 'shared.sqlite'}"])
+            assert result.exit_code == 0, result.output
+            outputs.append([paths.trajectories(1).read_bytes(), paths.executions(1).read_bytes(),
+                            (paths.iteration(1) / "rewards.jsonl").read_bytes()])
+            if run == "a":
+                asked = proxy.forwarded
+        assert asked > 0 and proxy.forwarded == asked  # the second run asked the server nothing
+        assert outputs[0] == outputs[1]
+        assert any(t["calls"] for t in read_jsonl(paths.trajectories(1)))  # the optimizer asked for data
+    finally:
+        proxy.close()
+
+
+def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp_path, monkeypatch):
+    small_project(tmp_path, monkeypatch)
     proxy = Proxy(llama_server)
     try:
         sets = [x for s in served_params(proxy.url, **{"train.min_reward": -1}) for x in ("--set", s)]
