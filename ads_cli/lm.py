@@ -355,16 +355,9 @@ class LM:
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Sum of log-probabilities of each continuation given its (already rendered) context."""
         torch = _torch()
-        results: list[float | None] = [None] * len(pairs)
+        results, misses = cached_loglikelihoods(self.cache, self.weights_hash, pairs)
         todo = []
-        for i, (context, continuation) in enumerate(pairs):
-            if not continuation:
-                raise AdsError(f"pair {i + 1}: empty continuation")
-            key = call_key("loglik", self.weights_hash, context, continuation)
-            hit = self.cache.get(key)
-            if hit is not None:
-                results[i] = hit
-                continue
+        for i, key, context, continuation in misses:
             ctx = self.tok(context, add_special_tokens=False).input_ids
             cont = self.tok(continuation, add_special_tokens=False).input_ids
             ids = (ctx + cont)[-self.max_context:]
@@ -383,6 +376,22 @@ class LM:
                 self.cache.put(key, value)
                 results[i] = value
         return results  # type: ignore[return-value]
+
+
+def cached_loglikelihoods(cache: CallCache, model_id: str, pairs: Sequence[tuple[str, str]]):
+    """(results with the cached values filled in, [(index, key, context, continuation)] still to compute)."""
+    results: list[float | None] = [None] * len(pairs)
+    misses = []
+    for i, (context, continuation) in enumerate(pairs):
+        if not continuation:
+            raise AdsError(f"pair {i + 1}: empty continuation")
+        key = call_key("loglik", model_id, context, continuation)
+        hit = cache.get(key)
+        if hit is not None:
+            results[i] = hit
+        else:
+            misses.append((i, key, context, continuation))
+    return results, misses
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

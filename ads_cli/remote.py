@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
 import httpx
-import orjson
 
-from .cache import CallCache, call_key
+from .cache import CallCache
 from .errors import AdsError
-from .lm import Generation, LineGrammar, Prompt, check_prompts, cut_at_stop, generation_key
+from .lm import Generation, LineGrammar, Prompt, cached_loglikelihoods, check_prompts, cut_at_stop, generation_key
 from .progress import log, track
 
 RETRY_STATUS = frozenset({408, 409, 429})
@@ -234,16 +232,9 @@ class OpenAIBackend:
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Sum of log-probabilities of each continuation given its context, from prompt logprobs."""
-        results: list[float | None] = [None] * len(pairs)
+        results, misses = cached_loglikelihoods(self.cache, self.weights_hash, pairs)
         todo = []
-        for i, (context, continuation) in enumerate(pairs):
-            if not continuation:
-                raise AdsError(f"pair {i + 1}: empty continuation")
-            key = call_key("loglik", self.weights_hash, context, continuation)
-            hit = self.cache.get(key)
-            if hit is not None:
-                results[i] = hit
-                continue
+        for i, key, context, continuation in misses:
             body = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
             todo.append((i, key, ("completions", body, lambda data, c=context, n=len(continuation): _continuation_logprob(data, c, n))))
         for j, result in self._run([job for _, _, job in todo], "loglikelihood"):

@@ -101,7 +101,7 @@ def main() -> None:
     lm.MIN_SHARED_PREFIX, keep = 10**9, lm.MIN_SHARED_PREFIX
     plain, t_plain = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
     lm.MIN_SHARED_PREFIX = keep
-    print(f"\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
+    print("\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
     print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")
 

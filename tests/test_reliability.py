@@ -1,7 +1,6 @@
 """Failure behaviour: bad input, missing upstream artifacts, interruptions, determinism, limits, safety."""
 
 import ast
-import os
 import random
 import shutil
 import signal
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json
-from conftest import REPO, write_jsonl
+from conftest import REPO
 
 runner = CliRunner()
 
