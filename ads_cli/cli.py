@@ -274,7 +274,8 @@ def generate(
 
 @app.command()
 def serve(
-    role: str = typer.Option("policy", "--role", help="Serve the GGUF that lm.<role> names, under openai_<role>.model."),
+    role: str = typer.Option("policy", "--role", help="Serve the GGUF that lm.<role> names, under the name openai_<role>.model"
+                             " (the call cache knows answers by that name: give other weights another name)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port; set openai_<role>.base_url to match."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads; 0 means all cores."),

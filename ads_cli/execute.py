@@ -51,7 +51,12 @@ def _call_id(api: str, arg: str) -> str:
 
 def fingerprint(params: dict) -> str:
     """What call results depend on besides (api, arg): a journal written under other settings is void."""
-    return call_key(params["apis"], params["index"], params["lm"]["policy"])[:16]
+    policy = params["lm"]["policy"]
+    if params["lm"]["policy_backend"] == "openai":  # the APIs' model is the served one
+        from .remote import served_identity
+
+        policy = served_identity(params["openai_policy"])
+    return call_key(params["apis"], params["index"], policy)[:16]
 
 
 def read_journal(path: Path, expected: str = "") -> tuple[dict[str, dict], int]:

@@ -8,6 +8,7 @@ comment; a test keeps the two in step.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -202,8 +203,13 @@ def _validate_backends(params: dict) -> None:
         _check_positive(params, section, "concurrency")
         _check_positive(params, section, "max_retries", 0)
         _check_positive(params, section, "backoff", 0)
+        for key in ("timeout", "backoff"):
+            if not math.isfinite(s[key]):
+                raise AdsError(f"params: {section}.{key} must be a finite number, got {s[key]}")
         if s["timeout"] <= 0:
             raise AdsError(f"params: {section}.timeout must be > 0, got {s['timeout']}")
+        if s["extra_body"].get("stream"):
+            raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
     if params["lm"]["policy_backend"] == "openai" and params["train"]["update"] == "lora":
         raise AdsError("params: train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
     if params["lm"]["optimizer_backend"] == "openai":

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
-from .cache import CallCache
+from .cache import CallCache, call_key
 from .errors import AdsError
 from .lm import Generation, LineGrammar, Prompt, cached_loglikelihoods, check_prompts, cut_at_stop, generation_key
 from .progress import log, track
@@ -38,6 +38,16 @@ from .progress import log, track
 RETRY_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = {401: "refused the API key", 403: "refused the API key", 404: "has no such endpoint or model"}
 MAX_RETRY_AFTER = 60.0
+
+
+MAX_FAILURES_IN_A_ROW = 8  # more than this and the server is not answering usefully: stop
+
+
+def served_identity(settings: dict) -> str:
+    """What the call cache and the execute journal know a served model by: its name, plus the
+    server-specific settings that change its answers."""
+    extra = settings["extra_body"]
+    return f"openai:{settings['model']}" + (f":{call_key(extra)[:12]}" if extra else "")
 
 
 class RequestFailed(Exception):
@@ -64,7 +74,7 @@ class OpenAIBackend:
         self.settings, self.section = settings, section
         self.base_url = settings["base_url"].rstrip("/")
         self.model_name = settings["model"]
-        self.weights_hash = f"openai:{self.model_name}"  # what the call cache knows the model by
+        self.weights_hash = served_identity(settings)
         self.name = f"{self.base_url}#{self.model_name}"
         self.batch_size = settings["concurrency"]
         self.cache = cache
@@ -81,6 +91,7 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=settings["concurrency"], max_keepalive_connections=settings["concurrency"]),
         )
         self.stats = {"requests": 0, "retries": 0, "failed": 0}
+        self._failures_in_a_row = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -104,9 +115,12 @@ class OpenAIBackend:
             wait = self.settings["backoff"] * 2 ** attempt
             self._count("requests")
             try:
-                response = self.client.post(path, json={"model": self.model_name, **self.extra_body, **body})
+                response = self.client.post(path, json={**self.extra_body, **body, "model": self.model_name})
             except httpx.TimeoutException:
                 last, unreachable = f"no answer within {self.settings['timeout']:g}s", False
+                continue
+            except httpx.DecodingError as e:  # a body that does not decode (bad gzip, say) is garbage
+                last, unreachable = f"unreadable answer ({e})", False
                 continue
             except httpx.TransportError as e:  # refused, reset, name not resolved
                 last, unreachable = f"cannot connect ({type(e).__name__}: {e})", True
@@ -127,15 +141,22 @@ class OpenAIBackend:
                 raise RequestFailed(f"HTTP {status}: {_snippet(response)}")
             try:
                 return parse(response.json())
-            except (ValueError, KeyError, TypeError, IndexError) as e:
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 last = f"unreadable answer ({type(e).__name__}: {e}): {_snippet(response)}"
         if unreachable:
             raise ServerUnreachable(last)
         raise RequestFailed(f"{last} (after {attempts} attempts)")
 
     def _run(self, jobs: list[tuple[str, dict, Callable[[dict], Any]]], desc: str):
-        """Yield (job index, result or RequestFailed) as requests finish, `concurrency` at a time."""
+        """Yield (job index, result or RequestFailed) as requests finish, `concurrency` at a time.
+
+        A server found unreachable stops the run: queued requests do not start, the answers of
+        requests already in flight are still yielded (so the caller caches them), then AdsError.
+        """
+        if not jobs:  # all answered from the call cache
+            return
         self._stop.clear()
+        down: ServerUnreachable | None = None
         with track(desc, total=len(jobs)) as progress, ThreadPoolExecutor(self.batch_size) as pool:
             futures = {pool.submit(self.request, *job): j for j, job in enumerate(jobs)}
             try:
@@ -143,21 +164,32 @@ class OpenAIBackend:
                     try:
                         result: Any = future.result()
                     except RequestFailed as e:
-                        self._count("failed")
                         result = e
+                    except ServerUnreachable as e:
+                        down = down or e
+                        self._stop.set()
+                        continue
                     except _Stopped:
                         continue
+                    self._tally(result)
                     yield futures[future], result
                     progress.step(1)
-            except ServerUnreachable as e:
-                self._stop.set()
-                for f in futures:
-                    f.cancel()
-                raise AdsError(f"{self.section}: cannot reach {self.base_url} after {self.settings['max_retries'] + 1} attempts"
-                               f" ({e}); every answer received so far is kept in the call cache:"
-                               f" start the server and run again") from None
             finally:
                 self._stop.set()  # on any exit, queued requests do not start
+        if down is not None:
+            raise AdsError(f"{self.section}: cannot reach {self.base_url} after {self.settings['max_retries'] + 1} attempts"
+                           f" ({down}); every answer received so far is kept in the call cache:"
+                           f" start the server and run again")
+
+    def _tally(self, result: Any) -> None:
+        if not isinstance(result, RequestFailed):
+            self._failures_in_a_row = 0
+            return
+        self._count("failed")
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row > MAX_FAILURES_IN_A_ROW:
+            raise AdsError(f"{self.section}: {self._failures_in_a_row} requests in a row failed, the last: {result};"
+                           f" check {self.section} (model, extra_body) and the server's log")
 
     # ------------------------------------------------------------ generation
 
@@ -240,8 +272,8 @@ class OpenAIBackend:
         for j, result in self._run([job for _, _, job in todo], "loglikelihood"):
             i, key, _ = todo[j]
             if isinstance(result, RequestFailed):
-                raise AdsError(f"{self.section}: {self.base_url} gave no usable prompt logprobs, which likelihood scoring needs"
-                               f" (/completions with echo and logprobs): {result}")
+                raise AdsError(f"{self.section}: likelihood scoring needs prompt logprobs from {self.base_url}"
+                               f" (/completions with echo and logprobs), and the request failed: {result}")
             self.cache.put(key, result)
             results[i] = result
         return results  # type: ignore[return-value]

@@ -56,7 +56,11 @@ def server():
                 script.in_flight += 1
                 script.max_in_flight = max(script.max_in_flight, script.in_flight)
             try:
-                status, payload, headers, delay = script.rule(n, body)
+                rule = script.rule(n, body)
+                if rule is None:  # drop the connection without an answer, like a server going down
+                    self.close_connection = True
+                    return
+                status, payload, headers, delay = rule
                 time.sleep(delay)
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
@@ -164,6 +168,38 @@ def test_server_down_stops_with_one_line_and_keeps_what_was_received(server, tmp
     assert b.generate(["first", "second"])[1].cached  # what came back before is kept
 
 
+def test_answers_in_flight_when_the_server_goes_down_are_kept(server, tmp_path):
+    server.rule = lambda n, body: None if body["messages"][0]["content"] == "dead" else (200, completion("fine"), {}, 0.5)
+    b = backend(server.url, tmp_path, max_retries=1, concurrency=4)
+    with pytest.raises(AdsError, match="cannot reach"):
+        b.generate(["a", "b", "c", "dead", "queued 1", "queued 2"])
+    assert [b.all_cached([p]) for p in ("a", "b", "c", "dead")] == [True, True, True, False]
+
+
+def test_a_server_that_fails_every_request_stops_the_run(server, tmp_path):
+    server.rule = lambda n, body: (422, {"error": "unknown field"}, {}, 0.0)
+    b = backend(server.url, tmp_path, concurrency=1)
+    gens = b.generate([f"q{i}" for i in range(3)])
+    assert all("HTTP 422" in g.error for g in gens)  # a few failures: recorded, the run goes on
+    with pytest.raises(AdsError, match="requests in a row failed.*HTTP 422"):
+        b.generate([f"p{i}" for i in range(12)])
+
+
+def test_the_answer_api_records_a_failed_request_for_the_next_run(server, tmp_path):
+    import copy
+
+    from ads_cli.apis import Answer, APIContext
+
+    server.rule = lambda n, body: ((500, b"overloaded", {}, 0.0) if "fails" in body["messages"][0]["content"]
+                                   else (200, completion("Paris"), {}, 0.0))
+    params = copy.deepcopy(params_mod.DEFAULTS)
+    params["apis"]["answer_grounded"] = False
+    ctx = APIContext(params, lambda: None, lambda: backend(server.url, tmp_path, max_retries=0))
+    ok, failed = Answer(ctx).call_many(["capital of France?", "this fails"])
+    assert ok.ok and ok.items[0]["answer"] == "Paris" and not ok.retry
+    assert not failed.ok and failed.retry and "model request failed: HTTP 500" in failed.error
+
+
 def test_a_refused_key_stops_the_run(server, tmp_path, monkeypatch):
     server.rule = lambda n, body: (401, {"error": "bad key"}, {}, 0.0)
     monkeypatch.setenv("ADS_TEST_KEY", "sekrit")
@@ -193,7 +229,7 @@ def test_loglikelihood_sums_the_continuation_tokens(server, tmp_path):
 
 def test_loglikelihood_refuses_missing_or_shifted_logprobs(server, tmp_path):
     server.rule = lambda n, body: (200, {"choices": [{"text": "x", "logprobs": None}], "usage": {"prompt_tokens": 1}}, {}, 0.0)
-    with pytest.raises(AdsError, match="no usable prompt logprobs.*has no logprobs"):
+    with pytest.raises(AdsError, match="likelihood scoring needs prompt logprobs.*has no logprobs"):
         backend(server.url, tmp_path).loglikelihood([("a", " b")])
 
     def shifted(n, body):  # each entry scored by the distribution after it: its top candidate is the next token
@@ -235,6 +271,8 @@ def test_failed_server_requests_are_not_journaled(tmp_path):
     (["lm.policy_backend=openai", 'openai_policy.model=""'], "must name the served model"),
     (["lm.policy_backend=openai", "openai_policy.concurrency=0"], "concurrency must be >= 1"),
     (["lm.policy_backend=openai", "openai_policy.timeout=0"], "timeout must be > 0"),
+    (["lm.policy_backend=openai", "openai_policy.backoff=.inf"], "backoff must be a finite number"),
+    (["lm.policy_backend=openai", "openai_policy.extra_body={stream: true}"], "streaming is not supported"),
     (["lm.policy_backend=openai", "openai_policy.extra_body=[1]"], "extra_body must be dict"),
     (["lm.policy_backend=openai", "train.update=lora"], "needs lm.policy_backend=local"),
     (["lm.optimizer_backend=openai", "train.optimizer_update=sft", "openai_optimizer.grammar=true"], "needs lm.optimizer_backend=local"),

@@ -7,6 +7,7 @@ Marker `server`: run with `pip install -e '.[test,server]' && pytest -q -m serve
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -84,6 +85,11 @@ class Proxy:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def cached_answers(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM calls").fetchone()[0]
 
 
 def served_params(base_url: str, **extra) -> list[str]:
@@ -191,11 +197,15 @@ def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp
         proxy.garble = None
 
         # the server goes away after 6 answers in evaluate: one line, exit 2, and the rerun goes on from them
-        proxy.down_after = proxy.forwarded + 6
+        start = proxy.forwarded
+        proxy.down_after = start + 6
+        cached_before = cached_answers(tmp_path / "calls.sqlite")
         result = runner.invoke(app, ["evaluate", *sets])
         assert result.exit_code == 2, result.output
         lines = [l for l in result.output.splitlines() if l.strip()]
         assert len(lines) == 1 and "cannot reach" in lines[0] and "run again" in lines[0], result.output
+        answered = proxy.forwarded - start  # 6, plus those already in flight when the server went away
+        assert answered >= 6 and cached_answers(tmp_path / "calls.sqlite") - cached_before == answered  # all kept
         proxy.down_after = None
         result = runner.invoke(app, ["evaluate", *sets])
         assert result.exit_code == 0, result.output
