@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -14,7 +14,7 @@ from rich.markup import escape
 from . import __version__
 from . import params as params_mod
 from .errors import AdsError
-from .paths import Paths
+from .paths import Paths, project_lock
 from .progress import console, setup_logging
 
 app = typer.Typer(
@@ -38,9 +38,11 @@ def fail(message: str) -> None:
 
 @contextmanager
 def stage(name: str, params_path: Path, overrides: list[str] | None, verbose: bool,
-          no_cache: bool = False, max_cost: float | None = None) -> Iterator[tuple[dict, Paths]]:
+          no_cache: bool = False, max_cost: float | None = None, writes: bool = True) -> Iterator[tuple[dict, Paths]]:
     """Load params, set up logging, and turn any `AdsError` into one line with exit code 2.
 
+    A command that `writes` artifacts holds the project folder's lock while it runs, so that a
+    second run in the same folder stops at once instead of doing every call twice.
     `--no-cache` and `--max-cost` are shorthands for `--set lm.cache=false` and
     `--set execute.max_cost=X`: the library reads them from params like any other setting.
     """
@@ -50,8 +52,9 @@ def stage(name: str, params_path: Path, overrides: list[str] | None, verbose: bo
     try:
         params = params_mod.load(params_path, overrides)
         paths.check(params)
-        setup_logging(name, paths.logs, verbose)
-        yield params, paths
+        with project_lock(paths.root) if writes else nullcontext():
+            setup_logging(name, paths.logs, verbose)
+            yield params, paths
     except AdsError as e:
         fail(str(e))
 
@@ -82,7 +85,7 @@ def prepare(
     Reads: prepare.docs and prepare.tasks (default: 10,033 Wikipedia summaries and the OpenAI
     evals registry, both from pinned wheels). Writes: data/prepared/ and its manifest.json.
     """
-    from . import prepare as stage_mod
+    from .stages import prepare as stage_mod
 
     with stage("prepare", params, set_, verbose) as (p, paths):
         m = stage_mod.run(p, paths, docs_source=docs, tasks_source=tasks)
@@ -99,7 +102,7 @@ def index(params: Path = ParamsOpt, set_: Optional[List[str]] = SetOpt, verbose:
 
     Reads: data/prepared/docs.jsonl. Writes: data/index/ (the index and its manifest.json).
     """
-    from . import index as stage_mod
+    from .stages import index as stage_mod
 
     with stage("index", params, set_, verbose) as (p, paths):
         m = stage_mod.run(p, paths)
@@ -115,7 +118,7 @@ def search(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Query the index; print the top hits, one JSON object per line. Reads: data/index/."""
-    from . import index as stage_mod
+    from .stages import index as stage_mod
 
     with stage("search", params, set_, verbose) as (_, paths):
         for hit in stage_mod.search(query, k, paths):
@@ -141,7 +144,7 @@ def sample(
     1: the seed exemplars shipped with ads). Writes: data/iter_K/trajectories.jsonl and
     sample_manifest.json (parse rate, API mix, cost).
     """
-    from . import sample as stage_mod
+    from .stages import sample as stage_mod
 
     with stage("sample", params, set_, verbose, no_cache) as (p, paths):
         m = stage_mod.run(p, paths, iteration)
@@ -168,7 +171,7 @@ def execute(
     data/iter_K/executions.jsonl (items with provenance, cost, errors), the journal and
     execute_manifest.json.
     """
-    from . import execute as stage_mod
+    from .stages import execute as stage_mod
 
     with stage("execute", params, set_, verbose, no_cache, max_cost) as (p, paths):
         m = stage_mod.run(p, paths, iteration)
@@ -196,7 +199,7 @@ def train(
     manifests; results/train_metrics.json and results/train_plot.json. A partly finished
     iteration resumes (call cache + execute journal).
     """
-    from . import train as stage_mod
+    from .stages import train as stage_mod
 
     with stage("train", params, set_, verbose, no_cache, max_cost) as (p, paths):
         s = stage_mod.run(p, paths, iterations)
@@ -223,7 +226,7 @@ def evaluate(
     `ads train` exported). Writes: results/evaluation.json, results/metrics.json, results/plot_scores.json
     and results/report.md.
     """
-    from . import evaluate as stage_mod
+    from .stages import evaluate as stage_mod
 
     with stage("evaluate", params, set_, verbose, no_cache, max_cost) as (p, paths):
         ev = stage_mod.run(p, paths, tasks)
@@ -250,12 +253,12 @@ def generate(
     verbose: bool = VerboseOpt,
 ) -> None:
     """Ask the model one prompt: prints its answer, then the token counts (a debugging aid)."""
-    from . import lm
+    from .engine.roles import load_role
 
     if role not in ("policy", "optimizer"):
         fail(f"--role: expected policy or optimizer, got {role!r}")
-    with stage("generate", params, set_, verbose, no_cache) as (p, _):
-        model = lm.load_role(p, role)
+    with stage("generate", params, set_, verbose, no_cache, writes=False) as (p, paths):
+        model = load_role(p, role, paths)
         g = model.generate(
             [prompt],
             max_new_tokens=max_new_tokens or p["lm"]["max_new_tokens"],
@@ -286,22 +289,18 @@ def serve(
     """Serve the packaged model with llama.cpp's OpenAI-compatible server (needs the `server` extra).
 
     Then run any stage with --set lm.policy_backend=openai (and the optimizer's the same):
-    README, "Serving the models". Runs until Ctrl-C.
+    README, "Serving the models". Runs until stopped (Ctrl-C, SIGTERM or SIGHUP): `ads serve`
+    becomes the server process itself, so stopping it leaves nothing behind.
     """
-    import subprocess
-
-    from . import serve as serve_mod
+    from .stages import serve as serve_mod
 
     if role not in ("policy", "optimizer"):
         fail(f"--role: expected policy or optimizer, got {role!r}")
-    with stage("serve", params, set_, verbose) as (p, paths):
+    with stage("serve", params, set_, verbose, writes=False) as (p, paths):
         command = serve_mod.server_command(serve_mod.gguf_path(p, role, paths), p[f"openai_{role}"]["model"], host, port,
                                            threads=threads)
         console.print(f"serving {command[4]} as {p[f'openai_{role}']['model']!r} at http://{host}:{port}/v1", highlight=False)
-    try:
-        raise typer.Exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        raise typer.Exit(0)
+    serve_mod.become(command)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ SERVER: dict[str, Any] = {
     "grammar": False,
     "extra_body": {},
 }
-BACKENDS = ("local", "openai")
+BACKENDS = ("local", "openai")  # built in; plugins add more through the entry-point group below
+BACKEND_ENTRY_POINTS = "ads.backends"
 ROLES = ("policy", "optimizer")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -108,6 +109,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lora_lr": 0.001,
         "lora_batch": 8,
         "lora_max_tokens": 64,
+        "tie_epsilon": 0.05,
         "seed": 0,
     },
     "evaluate": {
@@ -176,6 +178,7 @@ def validate(params: dict) -> dict:
         if t[key] <= 0:
             raise AdsError(f"params: train.{key} must be > 0, got {t[key]}")
     _check_positive(params, "train", "lambda", 0)
+    _check_positive(params, "train", "tie_epsilon", 0)
     _check_positive(params, "evaluate", "tie_epsilon", 0)
     for key in ("n_trajectories", "max_calls", "max_new_tokens"):
         _check_positive(params, "sample", key)
@@ -186,12 +189,19 @@ def validate(params: dict) -> dict:
     return params
 
 
+def backend_names() -> tuple[str, ...]:
+    """The model backends `lm.<role>_backend` may name: the built-ins, then any plugin's."""
+    from importlib.metadata import entry_points
+
+    return BACKENDS + tuple(sorted(ep.name for ep in entry_points(group=BACKEND_ENTRY_POINTS) if ep.name not in BACKENDS))
+
+
 def _validate_backends(params: dict) -> None:
     """A role served over HTTP needs a usable endpoint, and cannot be fine-tuned here."""
     for role in ROLES:
         backend = params["lm"][f"{role}_backend"]
-        if backend not in BACKENDS:
-            raise AdsError(f"params: lm.{role}_backend must be local or openai, got {backend!r}")
+        if backend not in backend_names():
+            raise AdsError(f"params: lm.{role}_backend must be one of {', '.join(backend_names())}, got {backend!r}")
         if backend != "openai":
             continue
         section = f"openai_{role}"
@@ -210,11 +220,11 @@ def _validate_backends(params: dict) -> None:
             raise AdsError(f"params: {section}.timeout must be > 0, got {s['timeout']}")
         if s["extra_body"].get("stream"):
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
-    if params["lm"]["policy_backend"] == "openai" and params["train"]["update"] == "lora":
+    if params["lm"]["policy_backend"] != "local" and params["train"]["update"] == "lora":
         raise AdsError("params: train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
+    if params["lm"]["optimizer_backend"] != "local" and params["train"]["optimizer_update"] == "sft":
+        raise AdsError("params: train.optimizer_update=sft fine-tunes the optimizer's weights, which needs lm.optimizer_backend=local")
     if params["lm"]["optimizer_backend"] == "openai":
-        if params["train"]["optimizer_update"] == "sft":
-            raise AdsError("params: train.optimizer_update=sft fine-tunes the optimizer's weights, which needs lm.optimizer_backend=local")
         if params["sample"]["constrained"] and not params["openai_optimizer"]["grammar"]:
             raise AdsError("params: sample.constrained needs a server that takes a GBNF grammar: set openai_optimizer.grammar=true"
                            " (llama.cpp) or sample.constrained=false")

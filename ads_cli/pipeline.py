@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import params as params_mod
-from .paths import Paths
+from .paths import Paths, project_lock
 
 
 @dataclass
@@ -26,24 +26,28 @@ class Pipeline:
         return cls(params, paths)
 
     def prepare(self, **kwargs) -> dict:
-        from . import prepare
+        from .stages import prepare
 
-        return prepare.run(self.params, self.paths, **kwargs)
+        with project_lock(self.paths.root):
+            return prepare.run(self.params, self.paths, **kwargs)
 
     def index(self) -> dict:
-        from . import index
+        from .stages import index
 
-        return index.run(self.params, self.paths)
+        with project_lock(self.paths.root):
+            return index.run(self.params, self.paths)
 
     def train(self, iterations: int | None = None) -> dict:
-        from . import train
+        from .stages import train
 
-        return train.run(self.params, self.paths, iterations)
+        with project_lock(self.paths.root):
+            return train.run(self.params, self.paths, iterations)
 
     def evaluate(self) -> dict:
-        from . import evaluate
+        from .stages import evaluate
 
-        return evaluate.run(self.params, self.paths)
+        with project_lock(self.paths.root):
+            return evaluate.run(self.params, self.paths)
 
     def run(self) -> dict:
         """prepare -> index -> train -> evaluate; returns the evaluation summary."""

@@ -3,7 +3,7 @@
     pip install -e '.[server]' && ads prepare && python benchmarks/bench_backend.py [--prompts 32] [--new-tokens 32]
 
 Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the packaged SmolLM2
-GGUF (all cores), sends the prompts through `remote.OpenAIBackend` at concurrency 1, 2, 4
+GGUF (all cores), sends the prompts through `engine.openai.OpenAIModel` at concurrency 1, 2, 4
 and 8, then runs the local transformers engine on the same prompts, batched and one at a time. Greedy, no
 call cache. Prints generated tokens/s, the ratio to the local engine and to concurrency 1,
 and how many answers match the local engine's text.
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from bench_lm import make_prompts
 
-from ads_cli import lm, serve
+from ads_cli.engine.roles import load_role
+from ads_cli.stages import serve
 from ads_cli import params as params_mod
 from ads_cli.cache import CallCache
 from ads_cli.jsonl import read_jsonl
 from ads_cli.paths import Paths
-from ads_cli.remote import OpenAIBackend
-from ads_cli.sources import Lock
+from ads_cli.engine.openai import OpenAIModel
 
 
 def main() -> None:
@@ -43,9 +43,8 @@ def main() -> None:
                          " later rows reuse the KV cache of the earlier rows' identical prompts")
     args = ap.parse_args()
 
-    params = params_mod.load(args.params)
-    local = lm.load(params["lm"]["policy"], params["sources"]["cache_dir"], Lock(params["sources"]["lock"]),
-                    threads=params["lm"]["threads"], batch_size=params["lm"]["batch_size"], use_cache=False)
+    params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
+    local = load_role(params, "policy")
     prompts = make_prompts(local, read_jsonl(Path("data/prepared/docs.jsonl")), args.prompts, args.seed)
     n_prompt = sum(local.count_tokens(local.render(p)) for p in prompts)
     print(f"{len(prompts)} chat prompts, {n_prompt} prompt tokens (mean {n_prompt / len(prompts):.0f}),"
@@ -61,7 +60,7 @@ def main() -> None:
         for c in (int(x) for x in args.concurrency.split(",")):
             settings = dict(params["openai_policy"], base_url=base_url, model=model, concurrency=c, timeout=600.0,
                             extra_body=json.loads(args.extra_body))
-            remote = OpenAIBackend(settings, "openai_policy", CallCache(None), local.count_tokens)
+            remote = OpenAIModel(settings, "openai_policy", CallCache(None), local.count_tokens)
             t = time.perf_counter()
             gens = remote.generate(prompts, max_new_tokens=args.new_tokens, desc=f"server, concurrency {c}")
             rows.append((f"server, concurrency {c}", time.perf_counter() - t, gens))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rank_bm25 import BM25Okapi
 
-from ads_cli import index
+from ads_cli.method import search as index
 from ads_cli.jsonl import read_jsonl
 
 

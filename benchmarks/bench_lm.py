@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from ads_cli import lm
+from ads_cli.engine import local as local_engine
+from ads_cli.engine.local import LocalModel
+from ads_cli.engine.roles import load_role
 from ads_cli import params as params_mod
 from ads_cli.cache import CallCache
 from ads_cli.jsonl import read_jsonl
-from ads_cli.sources import Lock
 
 
-def make_prompts(model: lm.LM, docs: list[dict], n: int, seed: int) -> list[str]:
+def make_prompts(model: LocalModel, docs: list[dict], n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     prompts = []
     while len(prompts) < n:
@@ -64,9 +65,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    params = params_mod.load(args.params)
-    model = lm.load(params["lm"]["policy"], params["sources"]["cache_dir"], Lock(params["sources"]["lock"]),
-                    threads=params["lm"]["threads"], batch_size=params["lm"]["batch_size"], use_cache=False)
+    params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
+    model = load_role(params, "policy")
     docs = read_jsonl(Path("data/prepared/docs.jsonl"))
     prompts = make_prompts(model, docs, args.prompts, args.seed)
     n_prompt = sum(model.count_tokens(model.render(p)) for p in prompts)
@@ -98,9 +98,9 @@ def main() -> None:
     ctx_prompts = [f"{context}\nQuestion: {q}\nAnswer:" for q in questions]
     model.cache = CallCache(None)
     shared, t_shared = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
-    lm.MIN_SHARED_PREFIX, keep = 10**9, lm.MIN_SHARED_PREFIX
+    local_engine.MIN_SHARED_PREFIX, keep = 10**9, local_engine.MIN_SHARED_PREFIX
     plain, t_plain = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
-    lm.MIN_SHARED_PREFIX = keep
+    local_engine.MIN_SHARED_PREFIX = keep
     print("\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
     print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")

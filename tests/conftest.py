@@ -1,8 +1,13 @@
-"""Shared fixtures: a project folder per test, and small data the tests build themselves."""
+"""Shared fixtures: a project folder per test, and small data the tests build themselves.
+
+The logic tests run on a fake model (tests/fake_backend, registered as the backend `fake`);
+tests that need the real SmolLM2 are marked `model`.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -14,8 +19,18 @@ from ads_cli import params as params_mod
 from ads_cli.paths import Paths
 
 REPO = Path(__file__).resolve().parent.parent
+FAKE_BACKEND = Path(__file__).resolve().parent / "fake_backend"
 
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# the fake backend is a plugin on the path, here and in every subprocess a test starts
+sys.path.insert(0, str(FAKE_BACKEND))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(FAKE_BACKEND), os.environ.get("PYTHONPATH")) if p)
+FAKE = ["lm.policy_backend=fake", "lm.optimizer_backend=fake"]
+
+
+def tiny_params(*overrides: str, fake: bool = True) -> dict:
+    """params.tiny.yaml with `overrides`, on the fake model unless `fake=False`."""
+    return params_mod.load(REPO / "params.tiny.yaml", (FAKE if fake else []) + list(overrides))
 
 
 def write_jsonl(path: Path, records) -> Path:
@@ -83,14 +98,12 @@ def make_flat_tasks(n_tasks: int = 6, n_examples: int = 8, hard: bool = False) -
 
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Paths:
-    """An empty project folder with a params file sized for tests, as the current directory.
+    """An empty project folder with the tiny params on the fake model, as the current directory.
 
-    Wheels and the converted model come from the shared cache (~/.cache/ads, filled once); the
-    call cache is the test's own, so that no test answers from another's model calls.
+    The call cache is the test's own, so that no test answers from another's model calls.
     """
     monkeypatch.chdir(tmp_path)
-    params = params_mod.load(REPO / "params.tiny.yaml")
-    params["lm"]["call_cache"] = str(tmp_path / "calls.sqlite")
+    params = tiny_params(f"lm.call_cache={tmp_path / 'calls.sqlite'}")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return Paths(tmp_path)
 
@@ -102,17 +115,15 @@ def user_files(project) -> tuple[Path, Path]:
     return docs, tasks
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A project prepared from the small user files and trained for 2 iterations (tiny params)."""
+def train_project(root: Path, fake: bool = True) -> Paths:
+    """Prepare a project from the small user files and train it for 2 iterations (tiny params)."""
     from typer.testing import CliRunner
 
     from ads_cli.cli import app
 
-    root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        params = params_mod.load(REPO / "params.tiny.yaml")
+        params = tiny_params(f"lm.call_cache={root / 'calls.sqlite'}", fake=fake)
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         write_jsonl(root / "docs.jsonl", make_docs())
         write_jsonl(root / "tasks.jsonl", make_flat_tasks(hard=True))
@@ -121,4 +132,10 @@ def trained(tmp_path_factory):
                      ["train", "--iter", "2", "--set", "train.min_reward=-1"]):
             result = runner.invoke(app, args)
             assert result.exit_code == 0, result.output
-        yield Paths(root)
+    return Paths(root)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Paths:
+    """A project trained for 2 iterations on the fake model; copy it before changing it."""
+    return train_project(tmp_path_factory.mktemp("trained"))

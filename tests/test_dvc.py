@@ -11,7 +11,7 @@ import yaml
 from ads_cli.jsonl import read_json
 from conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 
 def sh(cwd, *cmd):

@@ -3,7 +3,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from ads_cli import evaluate
+from ads_cli.stages import evaluate
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json, read_jsonl, write_jsonl
 

@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ads_cli import index
+from ads_cli.method import search as index
 from ads_cli.errors import AdsError
 from conftest import make_docs, write_jsonl
 

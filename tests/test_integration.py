@@ -4,7 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ads_cli import params as params_mod
-from ads_cli import prepare
+from ads_cli.method.tasks import input_text, references
+from ads_cli.stages import prepare
 from ads_cli.cli import app
 from ads_cli.jsonl import read_jsonl
 from ads_cli.paths import Paths
@@ -44,5 +45,5 @@ def test_real_registry_tasks_are_english_and_short(tmp_path):
     assert manifest["counts"]["skipped"]["not_reference_scored"] > 0
     for task in read_jsonl(paths.tasks_train) + read_jsonl(paths.tasks_test):
         for example in task["observed"] + task["heldout"]:
-            assert len(prepare.input_text(example["input"])) <= 600
-            assert all(len(r) <= 40 for r in prepare.references(example["reference"]))
+            assert len(input_text(example["input"])) <= 600
+            assert all(len(r) <= 40 for r in references(example["reference"]))

@@ -1,25 +1,33 @@
-"""The LM engine on the real packaged SmolLM2-135M (fetched once from PyPI, then cached)."""
+"""The local engine on the real packaged SmolLM2-135M (fetched once from PyPI, then cached)."""
 
 import sqlite3
+from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from ads_cli import lm
 from ads_cli.cache import CallCache
 from ads_cli.cli import app
 from ads_cli.errors import AdsError
 from ads_cli.params import SMOLLM2
+from ads_cli.engine import local
+from ads_cli.engine.local import LocalModel
+from ads_cli.engine.weights import convert_gguf, load_weights
 from ads_cli.sources import Lock, extract_file
 from conftest import REPO
 
-CACHE_DIR = "~/.cache/ads"
+pytestmark = pytest.mark.model
+CACHE_DIR = Path("~/.cache/ads").expanduser()
+
+
+def load_local(source: str) -> LocalModel:
+    model, tokenizer, digest = load_weights(source, CACHE_DIR, Lock(REPO / "sources.lock.json"))
+    return LocalModel(model, tokenizer, digest, source)
 
 
 @pytest.fixture(scope="module")
 def smol():
-    return lm.load(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
+    return load_local(SMOLLM2)
 
 
 @pytest.fixture
@@ -33,17 +41,18 @@ QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "What is the
 
 
 def test_gguf_conversion_keeps_the_weights(tmp_path):
+    import torch  # here, not at the top: collecting the logic tests should not pay for torch
     from transformers import AutoModelForCausalLM
 
     gguf, _ = extract_file(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"))
     direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     with pytest.raises(ValueError, match="not serializable"):
         direct.save_pretrained(tmp_path / "refused")
-    folder = lm.convert_gguf(gguf, "f" * 64, tmp_path)
+    folder = convert_gguf(gguf, "f" * 64, tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     a, b = direct.state_dict(), reloaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert lm.convert_gguf(gguf, "f" * 64, tmp_path) == folder  # second call reuses the folder
+    assert convert_gguf(gguf, "f" * 64, tmp_path) == folder  # second call reuses the folder
 
 
 def test_answers_paris_and_counts_tokens(model):
@@ -80,7 +89,7 @@ def test_shared_prefix_gives_the_same_answers(model, monkeypatch, temperature):
     prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
     monkeypatch.setattr(model, "batch_size", 3)  # a full and a partial batch, each from the prefix cache
     shared = model.generate(prompts, max_new_tokens=8, chat=False, temperature=temperature, seed=3)
-    monkeypatch.setattr(lm, "MIN_SHARED_PREFIX", 10**9)
+    monkeypatch.setattr(local, "MIN_SHARED_PREFIX", 10**9)
     model.cache = CallCache(None)
     plain = model.generate(prompts, max_new_tokens=8, chat=False, temperature=temperature, seed=3)
     assert [g.text for g in shared] == [g.text for g in plain]
@@ -121,18 +130,19 @@ def test_loglikelihood_prefers_the_right_answer(model):
 
 
 def test_same_source_loads_once(smol):
-    again = lm.load(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
+    again = load_local(SMOLLM2)
     assert again.model is smol.model
 
 
 def test_cli_generate(project, smol):
     runner = CliRunner()
-    result = runner.invoke(app, ["generate", "What is the capital of France?", "--no-cache"])
+    local_backend = ["--set", "lm.policy_backend=local"]
+    result = runner.invoke(app, ["generate", "What is the capital of France?", "--no-cache", *local_backend])
     assert result.exit_code == 0, result.output
     assert "Paris" in result.stdout and "prompt tokens" in result.output
-    result = runner.invoke(app, ["generate", ""])
+    result = runner.invoke(app, ["generate", "", *local_backend])
     assert result.exit_code == 2 and "prompt 1 is empty" in result.output
-    result = runner.invoke(app, ["generate", "hi", "--set", "lm.policy=missing.gguf"])
+    result = runner.invoke(app, ["generate", "hi", "--set", "lm.policy=missing.gguf", *local_backend])
     assert result.exit_code == 2 and "missing.gguf" in result.output and "Traceback" not in result.output
 
 
@@ -140,8 +150,8 @@ def test_a_local_hugging_face_folder_is_a_model_source(smol, tmp_path):
     folder = tmp_path / "my-model"
     smol.model.save_pretrained(folder)
     smol.tok.save_pretrained(folder)
-    local = lm.load(str(folder), CACHE_DIR, Lock(REPO / "sources.lock.json"), use_cache=False)
-    assert local.model is not smol.model and local.weights_hash != smol.weights_hash
-    assert "Paris" in local.generate(["What is the capital of France?"], max_new_tokens=16)[0].text
+    mine = load_local(str(folder))
+    assert mine.model is not smol.model and mine.model_id != smol.model_id
+    assert "Paris" in mine.generate(["What is the capital of France?"], max_new_tokens=16)[0].text
     with pytest.raises(AdsError, match="not a Hugging Face model folder"):
-        lm.load(str(tmp_path), CACHE_DIR, Lock(REPO / "sources.lock.json"))
+        load_local(str(tmp_path))

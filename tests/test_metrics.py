@@ -1,7 +1,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from ads_cli.metrics import contains, exact, f1, normalize, score
+from ads_cli.method.metrics import contains, exact, f1, normalize, score
 
 
 def test_normalize():

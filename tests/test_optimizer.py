@@ -1,7 +1,7 @@
 from hypothesis import given, strategies as st
 
 from ads_cli.apis import parse_pairs
-from ads_cli.optimizer import build_prompt, error_kind, parse_trajectory, seed_exemplars
+from ads_cli.method.optimizer import build_prompt, error_kind, parse_trajectory, seed_exemplars
 
 APIS = {"retrieve", "demonstrate", "answer"}
 

@@ -2,7 +2,7 @@ import orjson
 import pytest
 
 from ads_cli import params as params_mod
-from ads_cli import prepare
+from ads_cli.stages import prepare
 from ads_cli.errors import AdsError
 from ads_cli.jsonl import read_json, read_jsonl
 from conftest import make_flat_tasks, write_jsonl

@@ -1,6 +1,7 @@
 """Failure behaviour: bad input, missing upstream artifacts, interruptions, determinism, limits, safety."""
 
 import ast
+import os
 import random
 import shutil
 import signal
@@ -59,7 +60,7 @@ def test_bad_task_artifacts(trained, tmp_path, monkeypatch, case, stage, artifac
 ])
 def test_bad_executions_artifact(trained, tmp_path, monkeypatch, content, fragment):
     from ads_cli import params as params_mod
-    from ads_cli import train
+    from ads_cli.stages import train
     from ads_cli.errors import AdsError
     from ads_cli.paths import Paths
 
@@ -115,7 +116,7 @@ def test_max_cost_stops_cleanly_and_keeps_what_is_done(trained, tmp_path, monkey
 
 
 def test_model_output_is_never_executed():
-    for path in (REPO / "ads_cli").glob("*.py"):
+    for path in (REPO / "ads_cli").rglob("*.py"):
         tree = ast.parse(path.read_text())
         calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
         assert not calls & {"eval", "exec", "compile", "__import__"}, path
@@ -149,15 +150,22 @@ def test_same_params_and_seed_give_byte_identical_artifacts(trained, tmp_path, m
 
 
 def _kill_at_random_then_rerun(project: Path, args: list[str], seed: int, window: tuple[float, float]) -> None:
+    """Kill a run at a random moment of `window` (seconds), then rerun it to the end.
+
+    The fake model answers in 0.1 s a request here, so that a run lasts long enough to be
+    killed midway; the call cache is the copy's own and starts empty, so that work is in flight.
+    """
+    (project / "calls.sqlite").unlink(missing_ok=True)
     cmd = [sys.executable, "-c", "from ads_cli.cli import app; app()", *args]
-    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, ADS_FAKE_DELAY="0.1")
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(random.Random(seed).uniform(*window))
     assert proc.poll() is None, "the run finished before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     for path in project.rglob("*.tmp"):
         raise AssertionError(f"a partial file is visible: {path}")
-    rerun = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
+    rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     cache = sqlite3.connect(project / "calls.sqlite")
     assert cache.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -168,7 +176,7 @@ def test_sigkill_during_train_then_rerun_matches(trained, tmp_path, seed):
     project = copy_project(trained.root, tmp_path / "p", keep_training=False)
     # a fresh call cache, so that the killed run really has work in flight
     args = ["train", "--iter", "1", "--set", "train.min_reward=-1", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
-    _kill_at_random_then_rerun(project, args, seed, (6.0, 14.0))
+    _kill_at_random_then_rerun(project, args, seed, (1.5, 3.0))
     for name in ("trajectories", "executions", "rewards", "best", "optimizer_state"):
         rel = f"data/iter_1/{name}.jsonl"
         assert (project / rel).read_bytes() == (trained.root / rel).read_bytes(), rel
@@ -182,8 +190,44 @@ def test_sigkill_during_evaluate_then_rerun_matches(trained, tmp_path, seed):
     project = copy_project(trained.root, tmp_path / "p")
     shutil.rmtree(project / "results", ignore_errors=True)
     args = ["evaluate", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
-    _kill_at_random_then_rerun(project, args, seed, (6.0, 14.0))
+    _kill_at_random_then_rerun(project, args, seed, (1.5, 3.0))
     a, b = read_json(project / "results/evaluation.json"), read_json(reference / "results/evaluation.json")
     a.pop("run"), b.pop("run")
     assert a == b
     assert (project / "results/report.md").read_text() == (reference / "results/report.md").read_text()
+
+
+# ------------------------------------------------------------------ one run per project folder
+
+
+def test_a_second_run_in_the_same_folder_stops_and_a_killed_one_never_blocks(trained, tmp_path):
+    project = copy_project(trained.root, tmp_path / "p")
+    env = dict(os.environ, ADS_FAKE_DELAY="0.2")
+    first = subprocess.Popen([sys.executable, "-c", "from ads_cli.cli import app; app()", "train", "--iter", "1", "--no-cache"],
+                             cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        lock = project / ".ads.lock"  # the holder writes its pid there once it has the lock
+        while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(first.pid)):
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before the second started"
+        second = subprocess.run([sys.executable, "-c", "from ads_cli.cli import app; app()", "evaluate"], cwd=project,
+                                capture_output=True, text=True)
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = [l for l in (second.stdout + second.stderr).splitlines() if l.strip()]
+        assert len(lines) == 1 and f"another ads run (pid {first.pid})" in lines[0] and "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the killed run's lock file is still there, and does not block
+    assert (project / ".ads.lock").exists()
+    rerun = subprocess.run([sys.executable, "-c", "from ads_cli.cli import app; app()", "evaluate"], cwd=project,
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+
+
+def test_a_task_file_the_user_names_is_not_found_rather_than_advice(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(copy_project(trained.root, tmp_path / "p"))
+    result = runner.invoke(app, ["evaluate", "--tasks", "missing.jsonl"])
+    one_line_error(result, "missing.jsonl: not found")
+    assert "ads prepare" not in result.output

@@ -18,9 +18,9 @@ from ads_cli import params as params_mod
 from ads_cli.apis import APIResult
 from ads_cli.cache import CallCache
 from ads_cli.errors import AdsError
-from ads_cli.execute import read_journal, run_calls
-from ads_cli.lm import LineGrammar
-from ads_cli.remote import OpenAIBackend
+from ads_cli.method.calls import read_journal, run_calls
+from ads_cli.engine.grammar import LineGrammar
+from ads_cli.engine.openai import OpenAIModel
 
 
 def completion(text: str, prompt_tokens: int = 7, completion_tokens: int = 3, chat: bool = True) -> dict:
@@ -85,10 +85,10 @@ def server():
     httpd.server_close()
 
 
-def backend(url: str, tmp_path, **settings) -> OpenAIBackend:
+def backend(url: str, tmp_path, **settings) -> OpenAIModel:
     s = dict(params_mod.SERVER, base_url=url, backoff=0.01, timeout=5.0, max_retries=2)
     s.update(settings)
-    return OpenAIBackend(s, "openai_policy", CallCache(tmp_path / "calls.sqlite"), lambda t: len(t.split()))
+    return OpenAIModel(s, "openai_policy", CallCache(tmp_path / "calls.sqlite"), lambda t: len(t.split()))
 
 
 def test_generate_reads_text_and_usage_and_caches(server, tmp_path):
@@ -266,7 +266,7 @@ def test_failed_server_requests_are_not_journaled(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    (["lm.policy_backend=vllm"], "must be local or openai"),
+    (["lm.policy_backend=vllm"], "must be one of local, openai"),
     (["lm.policy_backend=openai", "openai_policy.base_url=localhost:8000"], "must start with http"),
     (["lm.policy_backend=openai", 'openai_policy.model=""'], "must name the served model"),
     (["lm.policy_backend=openai", "openai_policy.concurrency=0"], "concurrency must be >= 1"),
@@ -289,7 +289,7 @@ def test_backend_params_are_checked_up_front(tmp_path, override, message):
 def test_ads_serve_explains_what_is_missing(project, monkeypatch):
     from typer.testing import CliRunner
 
-    from ads_cli import serve
+    from ads_cli.stages import serve
     from ads_cli.cli import app
 
     runner = CliRunner()

@@ -12,7 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ads_cli import apis as apis_mod
-from ads_cli import execute, params as params_mod
+from ads_cli import params as params_mod
+from ads_cli.method import calls
+from ads_cli.stages import execute
 from ads_cli.apis import APIResult
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json, read_jsonl
@@ -102,7 +104,7 @@ def test_demonstrate_and_answer_items(prepared):
 def test_sigkill_midway_then_rerun_gives_identical_executions(prepared, tmp_path):
     calls = [[{"api": "answer", "arg": f"What is the capital of country number {i}?"}] for i in range(8)]
     _trajectories(prepared, calls)
-    env = dict(os.environ)
+    env = dict(os.environ, ADS_FAKE_DELAY="0.3")  # slow enough for the kill to land midway
     code = "from ads_cli.cli import app; app()"
     cmd = [sys.executable, "-c", code, "execute", "--no-cache", "--set", "execute.journal_every=1"]
     proc = subprocess.Popen(cmd, cwd=prepared.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,9 +138,9 @@ def test_torn_journal_line_is_cut_off(tmp_path):
     good = orjson.dumps(APIResult("retrieve", "a").as_dict()) + b"\n"
     header = b'{"journal": "k1"}\n'
     path.write_bytes(header + good + b'{"api": "retrieve", "ar')
-    done, intact = execute.read_journal(path, "k1")
+    done, intact = calls.read_journal(path, "k1")
     assert list(done) == ["retrieve\x00a"] and intact == len(header + good)
-    assert execute.read_journal(path, "other settings") == ({}, 0)
+    assert calls.read_journal(path, "other settings") == ({}, 0)
 
 
 def _one_line_error(result, fragment):

@@ -7,9 +7,13 @@ Marker `server`: run with `pip install -e '.[test,server]' && pytest -q -m serve
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import orjson
@@ -17,14 +21,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ads_cli import lm as lm_mod
+from ads_cli.engine.roles import load_role
 from ads_cli import params as params_mod
-from ads_cli import serve
+from ads_cli.stages import serve
 from ads_cli.cli import app
 from ads_cli.errors import AdsError
 from ads_cli.jsonl import read_json, read_jsonl
-from ads_cli.lm import LineGrammar
-from ads_cli.optimizer import parse_trajectory
+from ads_cli.engine.grammar import LineGrammar
+from ads_cli.method.optimizer import parse_trajectory
 from ads_cli.paths import Paths
 from conftest import REPO, make_docs, make_flat_tasks, write_jsonl
 
@@ -103,18 +107,18 @@ def served_params(base_url: str, **extra) -> list[str]:
 
 def test_chat_generation_counts_tokens_like_the_local_tokenizer(llama_server, tmp_path):
     params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.call_cache": str(tmp_path / "c.sqlite")}))
-    model = lm_mod.load_role(params, "policy", Paths(tmp_path))
+    model = load_role(params, "policy", Paths(tmp_path))
     g = model.generate(["What is the capital of France?"], max_new_tokens=12)[0]
     assert g.error is None and g.text and 0 < g.completion_tokens <= 12
     # the server applies the GGUF's chat template: the same prompt, token for token, as the local engine
-    local = lm_mod.load_role(params_mod.load(REPO / "params.tiny.yaml"), "policy", Paths(tmp_path))
+    local = load_role(params_mod.load(REPO / "params.tiny.yaml"), "policy", Paths(tmp_path))
     assert g.prompt_tokens == local.count_tokens(local.render("What is the capital of France?"))
     assert model.generate(["What is the capital of France?"], max_new_tokens=12)[0].cached
 
 
 def test_seeded_sampling_repeats_and_the_grammar_holds(llama_server, tmp_path):
     params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.cache": "false"}))
-    model = lm_mod.load_role(params, "optimizer", Paths(tmp_path))
+    model = load_role(params, "optimizer", Paths(tmp_path))
     grammar = LineGrammar(["retrieve:", "answer:", "end"], first_line_options=["retrieve:", "answer:", "none"], terminal=["none", "end"])
     prompt = "Task: capitals of countries. Write one call per line, then end.\n"
     runs = [model.generate([prompt] * 2, max_new_tokens=24, temperature=0.8, seed=s, chat=False, grammar=grammar)
@@ -130,7 +134,7 @@ def test_seeded_sampling_repeats_and_the_grammar_holds(llama_server, tmp_path):
 
 def test_llama_cpp_prompt_logprobs_are_refused_with_the_reason(llama_server, tmp_path):
     params = params_mod.load(REPO / "params.tiny.yaml", served_params(llama_server, **{"lm.cache": "false"}))
-    model = lm_mod.load_role(params, "policy", Paths(tmp_path))
+    model = load_role(params, "policy", Paths(tmp_path))
     with pytest.raises(AdsError, match="shifted by one token"):
         model.loglikelihood([("The capital of France is", " Paris")])
 
@@ -216,10 +220,21 @@ def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp
         proxy.close()
 
 
-def test_ads_serve_serves_the_packaged_model(tmp_path):
-    import subprocess
-    import sys
+def _processes_with(fragment: str) -> list[int]:
+    """Pids whose command line contains `fragment` (arguments joined by spaces)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if proc.name.isdigit() and fragment in cmdline:
+            found.append(int(proc.name))
+    return found
 
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"])
+def test_ads_serve_serves_the_packaged_model_and_leaves_nothing_when_stopped(tmp_path, stop):
     port = serve.free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:  # the server logs a lot: a pipe nobody reads would fill up and stall it
@@ -230,6 +245,10 @@ def test_ads_serve_serves_the_packaged_model(tmp_path):
         assert "as 'smollm2-135m-instruct' at" in log.read_text(errors="replace")
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
+        assert _processes_with(f"--port {port} ") == [process.pid]  # the server is ads serve itself, no child
     finally:
-        process.terminate()
+        process.send_signal(stop)
         process.wait(timeout=30)
+    assert _processes_with(f"--port {port} ") == []
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2.0)

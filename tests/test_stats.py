@@ -1,6 +1,6 @@
 import pytest
 
-from ads_cli.stats import bootstrap_ci, mean, paired_summary, win_tie_loss
+from ads_cli.method.stats import bootstrap_ci, mean, paired_summary, win_tie_loss
 
 
 def test_win_tie_loss_by_hand():

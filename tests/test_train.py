@@ -4,8 +4,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ads_cli import params as params_mod
-from ads_cli import train
 from ads_cli.cli import app
+from ads_cli.method import reward as train
 from ads_cli.jsonl import read_json, read_jsonl
 
 runner = CliRunner()
@@ -82,12 +82,14 @@ def test_partly_finished_iteration_resumes_to_the_same_rewards(trained, tmp_path
     assert read_json(it1 / "execute_manifest.json")["counts"]["resumed_calls"] == len(journal) // 2 - 1  # less the header
 
 
+@pytest.mark.model
 def test_lora_policy_update_and_sft_optimizer(trained, tmp_path, monkeypatch):
     copy = tmp_path / "copy"
     shutil.copytree(trained.root, copy, ignore=shutil.ignore_patterns("iter_*", "results"))
     monkeypatch.chdir(copy)
     result = runner.invoke(app, ["train", "--iter", "2", "--set", "train.update=lora", "--set", "train.optimizer_update=sft",
-                                 "--set", "train.min_reward=-1"])
+                                 "--set", "train.min_reward=-1", "--set", "lm.policy_backend=local",
+                                 "--set", "lm.optimizer_backend=local"])
     assert result.exit_code == 0, result.output
     rows = read_jsonl(copy / "data/iter_1/rewards.jsonl")
     with_items = [r for r in rows if r["n_items"]]

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .lm import LM, Generation
+from ..cache import call_key
+from ..engine import lora
+from ..engine.base import Generation, Model
+from ..progress import log
 from .metrics import score
-from .prepare import last_message
+from .tasks import last_message
 
 
 def example_messages(example_input: Any, context: str = "") -> list[dict]:
@@ -18,7 +21,7 @@ def example_messages(example_input: Any, context: str = "") -> list[dict]:
     return messages
 
 
-def answer_examples(model: LM, tasks: list[dict], split: str, max_new_tokens: int, desc: str) -> dict[str, list[dict]]:
+def answer_examples(model: Model, tasks: list[dict], split: str, max_new_tokens: int, desc: str) -> dict[str, list[dict]]:
     """task id -> [{answer, score, tokens}] for each example of `split` ("observed" or "heldout")."""
     prompts, where = [], []
     for task in tasks:
@@ -82,7 +85,7 @@ def build_context(task: dict, items: list[dict], budget_tokens: int, count_token
     return "\n\n".join(chosen)
 
 
-def score_with_context(model: LM, task: dict, context: str | list[str], max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
+def score_with_context(model: Model, task: dict, context: str | list[str], max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
     """The policy answers `split` with `context` in its prompt; returns [{answer, score, tokens}].
 
     One context for all examples (their prompts then share a prefix), or one per example.
@@ -92,3 +95,30 @@ def score_with_context(model: LM, task: dict, context: str | list[str], max_new_
     prompts = [example_messages(e["input"], c) for e, c in zip(examples, contexts)]
     gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
     return [scored(task["metric"], g, e["reference"]) for e, g in zip(examples, gens)]
+
+
+def item_pairs(policy: Model, items: list[dict]) -> list[tuple[str, str]]:
+    """Training pairs for a LoRA update: demonstrations and QA pairs become (rendered
+    instruction, response); passages become plain text."""
+    pairs = []
+    for item in items:
+        if item.get("kind") == "demonstration":
+            pairs.append((policy.payload(item["instruction"], True), item["response"]))
+        elif item.get("kind") == "qa":
+            pairs.append((policy.payload(item["question"], True), item["answer"]))
+        else:
+            pairs.append(("", item_text(item)))
+    return pairs
+
+
+def score_after_lora(policy: Model, task: dict, items: list[dict], params: dict) -> tuple[list[dict], float]:
+    """The `lora` update: fine-tune a fresh adapter on `items`, answer the held-out examples,
+    remove the adapter. Returns (scored answers, seconds of fine-tuning; 0 when cached)."""
+    max_tokens = params["lm"]["max_new_tokens"]
+    tuned = lora.renamed(policy, call_key("lora", policy.model_id, [item_text(i) for i in items], params["train"]))
+    if tuned.all_cached([example_messages(e["input"]) for e in task["heldout"]], max_tokens):
+        return score_with_context(tuned, task, "", max_tokens), 0.0  # this adapter answered before
+    scored, seconds = lora.with_fresh_adapter(policy, params["train"], item_pairs(policy, items), tuned.model_id,
+                                              lambda model: score_with_context(model, task, "", max_tokens, desc="train: policy after LoRA"))
+    log.info("lora: %s, %d items, %.1fs", task["id"], len(items), seconds)
+    return scored, seconds

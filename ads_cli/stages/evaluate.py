@@ -20,17 +20,18 @@ import random
 import time
 from pathlib import Path
 
-from . import lm as lm_mod
-from .apis import registry
-from .errors import AdsError
-from .execute import assemble, fingerprint, require_index, run_calls
-from .jsonl import read_json, read_jsonl, write_json
-from .paths import Paths
-from .policy import answer_examples, build_context, score_with_context
-from .prepare import last_message
-from .progress import log, track
-from .sample import api_context, load_tasks, propose, with_adapter
-from .stats import mean, paired_summary
+from ..apis import registry
+from ..engine.lora import with_adapter
+from ..engine.roles import load_role
+from ..errors import AdsError
+from ..jsonl import read_json, read_jsonl, write_json, write_text
+from ..method.calls import api_context, assemble, fingerprint, run_calls
+from ..method.optimizer import propose
+from ..method.policy import answer_examples, build_context, score_with_context
+from ..method.stats import mean, paired_summary
+from ..method.tasks import last_message, load_tasks
+from ..paths import Paths
+from ..progress import log, track
 
 METHODS = ["ads", "no_data", "random", "retrieve_only", "demonstrate_only", "answer_only", "iter0"]
 REFERENCE = "reference_retrieval"
@@ -38,11 +39,9 @@ REFERENCE = "reference_retrieval"
 
 def trained_optimizer(params: dict, paths: Paths):
     """The optimizer `ads train` exported to data/optimizer/: (model, exemplars, iteration)."""
-    state_path = paths.optimizer / "state.jsonl"
-    if not state_path.exists():
-        raise AdsError(f"{paths.optimizer}: no trained optimizer; run `ads train` first")
-    model = with_adapter(lm_mod.load_role(params, "optimizer", paths), paths.optimizer / "lora")
-    return model, read_jsonl(state_path), read_json(paths.optimizer / "manifest.json")["iteration"]
+    exemplars = read_jsonl(paths.require(paths.optimizer_exemplars, "ads train"))
+    model = with_adapter(load_role(params, "optimizer", paths), paths.optimizer_adapter)
+    return model, exemplars, read_json(paths.optimizer_manifest)["iteration"]
 
 
 def random_trajectory(task: dict, n_calls: int, api_names: list[str], seed: int) -> list[dict]:
@@ -54,21 +53,24 @@ def random_trajectory(task: dict, n_calls: int, api_names: list[str], seed: int)
 def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     started = time.monotonic()
     e = params["evaluate"]
-    tasks = load_tasks(tasks_path or paths.tasks_test)
-    require_index(paths)
-    final_optimizer, final_state, final = trained_optimizer(params, paths)
+    tasks = load_tasks(tasks_path, written_by=None) if tasks_path else load_tasks(paths.tasks_test)
+    paths.require(paths.index_manifest, "ads index")
+    final_optimizer, final_exemplars, final = trained_optimizer(params, paths)
     ctx = api_context(params, paths)
     apis = registry(ctx)
     builtin = ["retrieve", "demonstrate", "answer"]
-    policy = lm_mod.load_role(params, "policy", paths)
+    policy = load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
-    observed = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
+    observed_answers = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
     no_data = answer_examples(policy, tasks, "heldout", max_tokens, "evaluate: no-data baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
-    ads = {r["task_id"]: r for r in propose(final_optimizer, tasks, observed, final_state, apis, params["sample"], final + 1, 1, 0.0, "evaluate: ads")}
-    iter0_optimizer = lm_mod.load_role(params, "optimizer", paths)  # seed exemplars, no training
-    iter0 = {r["task_id"]: r for r in propose(iter0_optimizer, tasks, observed, [], apis, params["sample"], 0, 1, 0.0, "evaluate: iter0")}
+    greedy_one = dict(n_trajectories=1, temperature=0.0)
+    ads = {r["task_id"]: r for r in propose(final_optimizer, tasks, observed_answers, final_exemplars, apis, params["sample"],
+                                            iteration=final + 1, label="evaluate: ads", **greedy_one)}
+    iter0_optimizer = load_role(params, "optimizer", paths)  # seed exemplars, no training
+    iter0 = {r["task_id"]: r for r in propose(iter0_optimizer, tasks, observed_answers, [], apis, params["sample"],
+                                              iteration=0, label="evaluate: iter0", **greedy_one)}
     trajectories: dict[tuple[str, str], dict] = {}
     for task in tasks:
         tid = task["id"]
@@ -82,8 +84,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
         for method, plan in plans.items():
             trajectories[(tid, method)] = {"task_id": tid, "trajectory_id": f"{tid}#eval.{method}", "calls": plan["calls"],
                                            **({"parse_error": plan["parse_error"]} if "parse_error" in plan else {})}
-    results_dir = paths.results
-    call_results, resumed = run_calls(apis, list(trajectories.values()), results_dir / "evaluate.journal.jsonl",
+    call_results, resumed = run_calls(apis, list(trajectories.values()), paths.evaluate_journal,
                                       params["execute"]["journal_every"], fingerprint(params), "evaluate: calls",
                                       max_cost=params["execute"]["max_cost"])
 
@@ -125,12 +126,12 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                   # what differs from run to run (timing, cache, resume), kept apart from the results
                   "run": {"total_s": round(time.monotonic() - started, 3), "resumed_calls": resumed,
                           "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()}}}
-    write_json(results_dir / "evaluation.json", evaluation)
-    write_json(results_dir / "metrics.json", {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    write_json(paths.evaluation, evaluation)
+    write_json(paths.metrics, {k: v for k, v in summary.items() if not isinstance(v, dict)}
                | {f"vs_{m}": {k: summary["vs"][m][k] for k in ("win_rate", "mean_diff")} for m in summary["vs"]})
-    write_json(results_dir / "plot_scores.json", [{"method": m, "score": summary["methods"][m]["score"], "cost": summary["methods"][m]["cost"]}
+    write_json(paths.plot_scores, [{"method": m, "score": summary["methods"][m]["score"], "cost": summary["methods"][m]["cost"]}
                                                    for m in summary["methods"]])
-    (results_dir / "report.md").write_text(report(evaluation), encoding="utf-8")
+    write_text(paths.report, report(evaluation))
     return evaluation
 
 

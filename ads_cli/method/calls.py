@@ -1,27 +1,32 @@
-"""`ads execute`: run every call of every trajectory -> data/iter_K/executions.jsonl.
+"""Running a trajectory's API calls: the API context, the journal, and assembling executions.
 
 Identical calls across trajectories run once. Each finished call is appended to a journal
-(`execute.journal.jsonl`, fsynced per chunk), so a killed run resumes without redoing them;
-the executions file is then assembled in trajectory order, so a resumed run writes the same
-bytes as an uninterrupted one.
+(fsynced per chunk), so a killed run resumes without redoing them; executions are then
+assembled in trajectory order, so a resumed run writes the same bytes as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-import time
 from pathlib import Path
 
 import orjson
 
-from .apis import APIResult, call_many, registry
-from .cache import call_key
-from .errors import AdsError
-from .jsonl import read_jsonl, write_json, write_jsonl
-from .paths import Paths
-from .progress import log, track
-from .sample import api_context
+from ..apis import APIContext, APIResult, call_many
+from ..cache import call_key
+from ..engine.openai import served_identity
+from ..engine.roles import load_role
+from ..errors import AdsError
+from ..paths import Paths
+from ..progress import log, track
+from .search import Searcher
+
+
+def api_context(params: dict, paths: Paths) -> APIContext:
+    """What the APIs use: the index (opened on first use) and the policy model (loaded on first use)."""
+    return APIContext(params, lambda: Searcher(paths.index), lambda: load_role(params, "policy", paths))
+
 
 def validate_trajectory(record: dict) -> str | None:
     for field in ("task_id", "trajectory_id"):
@@ -53,8 +58,6 @@ def fingerprint(params: dict) -> str:
     """What call results depend on besides (api, arg): a journal written under other settings is void."""
     policy = params["lm"]["policy"]
     if params["lm"]["policy_backend"] == "openai":  # the APIs' model is the served one
-        from .remote import served_identity
-
         policy = served_identity(params["openai_policy"])
     return call_key(params["apis"], params["index"], policy)[:16]
 
@@ -152,43 +155,3 @@ def assemble(trajectory: dict, results: dict[str, dict]) -> dict:
         if r["error"]:
             errors.append({"call": n, "api": c["api"], "arg": c["arg"], "error": r["error"]})
     return {"trajectory_id": trajectory["trajectory_id"], "task_id": trajectory["task_id"], "items": items, "cost": cost, "errors": errors}
-
-
-def require_index(paths: Paths) -> None:
-    if not (paths.index / "manifest.json").exists():
-        raise AdsError(f"{paths.index}: no index; run `ads index` first")
-
-
-def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
-    started = time.monotonic()
-    traj_path = paths.trajectories(iteration)
-    if not traj_path.exists():
-        raise AdsError(f"{traj_path}: not found; run `ads sample --iter {iteration}` first")
-    require_index(paths)
-    trajectories = read_jsonl(traj_path, validate_trajectory)
-    ctx = api_context(params, paths)
-    apis = registry(ctx)
-    results, resumed = run_calls(apis, trajectories, paths.iteration(iteration) / "execute.journal.jsonl",
-                                 params["execute"]["journal_every"], fingerprint(params), max_cost=params["execute"]["max_cost"])
-    executions = [assemble(t, results) for t in trajectories]
-    write_jsonl(paths.executions(iteration), executions)
-
-    manifest = {
-        "stage": "execute",
-        "iteration": iteration,
-        "params": {"apis": params["apis"], "execute": params["execute"]},
-        "counts": {
-            "trajectories": len(trajectories),
-            "calls": sum(len(t["calls"]) for t in trajectories),
-            "unique_calls": len(results),
-            "resumed_calls": resumed,
-            "failed_calls": sum(not r["ok"] for r in results.values()),
-            "items": dict(collections.Counter(i["kind"] for e in executions for i in e["items"])),
-        },
-        "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(r["cost"] for r in results.values())},
-        "cache": ctx.cache_stats(),
-        "timings": {"total_s": round(time.monotonic() - started, 3)},
-    }
-    write_json(paths.iteration(iteration) / "execute_manifest.json", manifest)
-    log.info("execute: %s", manifest["counts"])
-    return manifest

@@ -1,4 +1,4 @@
-"""The server backend: the model calls of `lm.LM`, answered by an OpenAI-compatible server.
+"""The server backend: a `Model` whose calls an OpenAI-compatible server answers.
 
 Any endpoint that speaks the OpenAI API serves: vLLM, llama.cpp's server, llama-cpp-python,
 TGI. A role (policy or optimizer) uses it with `lm.<role>_backend: openai`; the section
@@ -26,15 +26,14 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import httpx
 
-from .cache import CallCache, call_key
-from .errors import AdsError
-from .lm import (Generation, LineGrammar, Prompt, cached_loglikelihoods, check_prompts, cut_at_stop, generation_key,
-                 shape_prompt)
-from .progress import log, track
+from ..cache import CallCache, call_key
+from ..errors import AdsError
+from ..progress import log
+from .base import Decoding, Generation, Model, Prompt, Request, Scoring, cut_at_stop, shape_prompt
 
 RETRY_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = {401: "refused the API key", 403: "refused the API key", 404: "has no such endpoint or model"}
@@ -68,18 +67,18 @@ def _snippet(response: httpx.Response) -> str:
     return text[:160] + ("..." if len(text) > 160 else "")
 
 
-class OpenAIBackend:
-    """`generate`, `loglikelihood`, `count_tokens` and `all_cached` over HTTP, like `lm.LM`."""
+class OpenAIModel(Model):
+    """A model served over HTTP; `model_id` is the served model's name (plus `extra_body`)."""
 
     def __init__(self, settings: dict, section: str, cache: CallCache, count_tokens: Callable[[str], int]):
         self.settings, self.section = settings, section
         self.base_url = settings["base_url"].rstrip("/")
         self.model_name = settings["model"]
-        self.weights_hash = served_identity(settings)
+        self._model_id = served_identity(settings)
         self.name = f"{self.base_url}#{self.model_name}"
         self.batch_size = settings["concurrency"]
         self.cache = cache
-        self.count_tokens = count_tokens
+        self._count_tokens = count_tokens
         self.extra_body = dict(settings["extra_body"])
         headers = {}
         if settings["api_key_env"]:
@@ -95,6 +94,16 @@ class OpenAIBackend:
         self._failures_in_a_row = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def count_tokens(self, text: str) -> int:
+        return self._count_tokens(text)
+
+    def payload(self, prompt: Prompt, chat: bool) -> str | list[dict]:
+        return shape_prompt(prompt, chat)
 
     # ------------------------------------------------------------ one request
 
@@ -148,7 +157,7 @@ class OpenAIBackend:
             raise ServerUnreachable(last)
         raise RequestFailed(f"{last} (after {attempts} attempts)")
 
-    def _run(self, jobs: list[tuple[str, dict, Callable[[dict], Any]]], desc: str):
+    def _run(self, jobs: list[tuple[str, dict, Callable[[dict], Any]]], progress):
         """Yield (job index, result or RequestFailed) as requests finish, `concurrency` at a time.
 
         A server found unreachable stops the run: queued requests do not start, the answers of
@@ -158,7 +167,7 @@ class OpenAIBackend:
             return
         self._stop.clear()
         down: ServerUnreachable | None = None
-        with track(desc, total=len(jobs)) as progress, ThreadPoolExecutor(self.batch_size) as pool:
+        with ThreadPoolExecutor(self.batch_size) as pool:
             futures = {pool.submit(self.request, *job): j for j, job in enumerate(jobs)}
             try:
                 for future in as_completed(futures):
@@ -194,38 +203,24 @@ class OpenAIBackend:
 
     # ------------------------------------------------------------ generation
 
-    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
-                 stop: Sequence[str] | None = None, chat: bool = True, desc: str = "generate",
-                 grammar: LineGrammar | None = None) -> list[Generation]:
-        stop = list(stop or [])
-        payloads = [shape_prompt(p, chat) for p in prompts]
-        check_prompts(prompts, ["".join(m.get("content") or "" for m in p) if isinstance(p, list) else p for p in payloads])
-        results: list[Generation | None] = [None] * len(prompts)
-        todo: list[tuple[int, str, tuple]] = []
-        for i, payload in enumerate(payloads):
-            key, prompt_seed = generation_key(self.weights_hash, payload, max_new_tokens, temperature, seed, stop, grammar)
-            hit = self.cache.get(key)
-            if hit is not None:
-                results[i] = Generation(**hit, cached=True)
-                continue
-            body: dict[str, Any] = {"max_tokens": max_new_tokens, "temperature": temperature, "top_p": 1.0}
-            body["messages" if chat else "prompt"] = payload
+    def _generate(self, requests: list[Request], decoding: Decoding, progress):
+        chat, stop = decoding.chat, decoding.stop
+        jobs = []
+        for r in requests:
+            body: dict[str, Any] = {"max_tokens": decoding.max_new_tokens, "temperature": decoding.temperature, "top_p": 1.0}
+            body["messages" if chat else "prompt"] = r.payload
             if stop:
                 body["stop"] = stop
-            if prompt_seed is not None:
-                body["seed"] = prompt_seed
-            if grammar is not None:
-                body["grammar"] = grammar.to_gbnf()
-            todo.append((i, key, ("chat/completions" if chat else "completions", body, lambda data: self._parse(data, chat, stop))))
-        for j, result in self._run([job for _, _, job in todo], desc):
-            i, key, _ = todo[j]
+            if r.seed is not None:
+                body["seed"] = r.seed
+            if decoding.grammar is not None:
+                body["grammar"] = decoding.grammar.to_gbnf()
+            jobs.append(("chat/completions" if chat else "completions", body, lambda data: self._parse(data, chat, stop)))
+        for j, result in self._run(jobs, progress):
             if isinstance(result, RequestFailed):
-                log.warning("%s: request %d failed: %s", self.section, i + 1, result)
-                results[i] = Generation("", 0, 0, error=str(result))
-            else:
-                self.cache.put(key, result.cache_record())
-                results[i] = result
-        return results  # type: ignore[return-value]
+                log.warning("%s: request %d failed: %s", self.section, requests[j].index + 1, result)
+                result = Generation("", 0, 0, error=str(result))
+            yield requests[j].index, result
 
     @staticmethod
     def _usage(data: dict) -> tuple[int, int]:
@@ -242,28 +237,20 @@ class OpenAIBackend:
             raise TypeError("the answer's text is not a string")
         return Generation(cut_at_stop(text, stop), *self._usage(data))
 
-    def all_cached(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0,
-                   seed: int = 0, stop: Sequence[str] | None = None, chat: bool = True) -> bool:
-        return all(self.cache.peek(generation_key(self.weights_hash, shape_prompt(p, chat), max_new_tokens, temperature,
-                                                  seed, list(stop or []))[0]) for p in prompts)
-
     # ------------------------------------------------------------ scoring
 
-    def loglikelihood(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Sum of log-probabilities of each continuation given its context, from prompt logprobs."""
-        results, misses = cached_loglikelihoods(self.cache, self.weights_hash, pairs)
-        todo = []
-        for i, key, context, continuation in misses:
-            body = {"prompt": context + continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
-            todo.append((i, key, ("completions", body, lambda data, c=context, n=len(continuation): _continuation_logprob(data, c, n))))
-        for j, result in self._run([job for _, _, job in todo], "loglikelihood"):
-            i, key, _ = todo[j]
+    def _loglikelihood(self, pairs: list[Scoring], progress):
+        """Sums of log-probabilities of each continuation given its context, from prompt logprobs."""
+        jobs = []
+        for pair in pairs:
+            body = {"prompt": pair.context + pair.continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
+            jobs.append(("completions", body,
+                         lambda data, c=pair.context, n=len(pair.continuation): _continuation_logprob(data, c, n)))
+        for j, result in self._run(jobs, progress):
             if isinstance(result, RequestFailed):
                 raise AdsError(f"{self.section}: likelihood scoring needs prompt logprobs from {self.base_url}"
                                f" (/completions with echo and logprobs), and the request failed: {result}")
-            self.cache.put(key, result)
-            results[i] = result
-        return results  # type: ignore[return-value]
+            yield pairs[j].index, result
 
 
 def _continuation_logprob(data: dict, context: str, n_chars: int) -> float:

@@ -3,7 +3,7 @@
 One iteration K: `ads sample` -> `ads execute` -> update. The update:
 1. the policy answers each task's held-out examples with a trajectory's collected items in its
    prompt (`icl`) or after a LoRA fine-tune on them (`lora`);
-2. reward = score gain over the no-data policy - lambda * cost / cost_scale;
+2. reward = score gain over the no-data policy - lambda * cost / cost_scale (method/reward.py);
 3. rejection sampling: per task, the best trajectory (or "none", whose reward is 0 by
    definition) is kept if its reward >= min_reward; it joins the optimizer's exemplars for
    iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
@@ -16,67 +16,38 @@ iteration resumes where it stopped.
 from __future__ import annotations
 
 import collections
+import shutil
 import time
 
-from . import execute as execute_stage
-from . import lm as lm_mod
-from . import sample as sample_stage
-from .errors import AdsError
-from .jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
-from .optimizer import exemplar_from, format_calls
-from .paths import Paths
-from .policy import answer_examples, build_context, score_with_context
-from .progress import log, track
-from .stats import mean, paired_summary
-
-
-def reward(gain: float, cost: float, lam: float, cost_scale: float) -> float:
-    return gain - lam * cost / cost_scale
-
-
-def select_best(rows: list[dict], min_reward: float) -> dict | None:
-    """The task's best parsed trajectory against the implicit empty one (reward 0, cost 0).
-
-    Ties go to the cheaper one, then the smaller trajectory id. Returns None when even the best
-    is below `min_reward`. An empty result `{"calls": [], ...}` means "collect nothing".
-    """
-    none = {"trajectory_id": None, "calls": [], "reward": 0.0, "cost": 0.0}
-    candidates = [r for r in rows if "parse_error" not in r] + [none]
-    best = min(candidates, key=lambda r: (-r["reward"], r["cost"], r["trajectory_id"] or ""))
-    return best if best["reward"] >= min_reward else None
-
-
-def preference_pairs(rows: list[dict], prompt: str) -> dict | None:
-    parsed = sorted((r for r in rows if "parse_error" not in r), key=lambda r: (-r["reward"], r["trajectory_id"]))
-    if len(parsed) < 2 or parsed[0]["reward"] == parsed[-1]["reward"]:
-        return None
-    return {"task_id": parsed[0]["task_id"], "prompt": prompt, "chosen": format_calls(parsed[0]["calls"]) + "\nend",
-            "rejected": format_calls(parsed[-1]["calls"]) + "\nend", "reward_chosen": parsed[0]["reward"], "reward_rejected": parsed[-1]["reward"]}
-
-
-def load_state(paths: Paths, iteration: int) -> list[dict]:
-    """The optimizer's learned exemplars going into `iteration` (none before the first)."""
-    if iteration <= 1:
-        return []
-    path = paths.iteration(iteration - 1) / "optimizer_state.jsonl"
-    if not path.exists():
-        raise AdsError(f"{path}: not found; run `ads train --iter {iteration - 1}` first")
-    return read_jsonl(path)
+from ..engine.lora import train_optimizer_sft
+from ..engine.roles import load_role
+from ..errors import AdsError
+from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
+from ..method.calls import validate_execution
+from ..method.optimizer import exemplar_from, format_calls, load_exemplars
+from ..method.policy import answer_examples, build_context, score_after_lora, score_with_context
+from ..method.reward import preference_pairs, reward, select_best
+from ..method.stats import mean, paired_summary
+from ..method.tasks import load_tasks
+from ..paths import Paths
+from ..progress import log, track
+from . import execute, sample
 
 
 def update(params: dict, paths: Paths, iteration: int) -> dict:
+    """The update of iteration K, after sample and execute: score every trajectory's data on the
+    policy, reward it, keep each task's best as an exemplar (or LoRA-tune the optimizer on them),
+    and write the iteration's rewards, best, preferences, exemplars and manifest."""
     t = params["train"]
     started = time.monotonic()
-    tasks = {task["id"]: task for task in sample_stage.load_tasks(paths.tasks_train)}
+    tasks = {task["id"]: task for task in load_tasks(paths.tasks_train)}
     trajectories = {r["trajectory_id"]: r for r in read_jsonl(paths.trajectories(iteration))}
-    exec_path = paths.executions(iteration)
-    if not exec_path.exists():
-        raise AdsError(f"{exec_path}: not found; run `ads execute --iter {iteration}` first")
-    executions = read_jsonl(exec_path, execute_stage.validate_execution)
-    policy = lm_mod.load_role(params, "policy", paths)
+    exec_path = paths.require(paths.executions(iteration), f"ads execute --iter {iteration}")
+    executions = read_jsonl(exec_path, validate_execution)
+    policy = load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
-    baseline = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
-    observed = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
+    no_data_answers = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
+    observed_answers = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
 
     rows = []
     with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
@@ -84,11 +55,9 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
             task = tasks.get(ex["task_id"])
             if task is None:
                 raise AdsError(f"{exec_path}: task {ex['task_id']!r} is not in {paths.tasks_train}; rerun `ads sample`")
-            base = baseline[task["id"]]
+            base = no_data_answers[task["id"]]
             if ex["items"]:
                 if t["update"] == "lora":
-                    from .lora import score_after_lora
-
                     per_example, seconds = score_after_lora(policy, task, ex["items"], params)
                 else:
                     context = build_context(task, ex["items"], t["context_tokens"], policy.count_tokens)
@@ -107,35 +76,33 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
                 row["lora_seconds"] = round(seconds, 2)
             rows.append(row)
             progress.step()
-    write_jsonl(paths.iteration(iteration) / "rewards.jsonl", rows)
+    write_jsonl(paths.rewards(iteration), rows)
 
     by_task = collections.defaultdict(list)
     for r in rows:
         by_task[r["task_id"]].append(r)
-    state = {e["task_id"]: e for e in load_state(paths, iteration)}
+    exemplars = {e["task_id"]: e for e in load_exemplars(paths, iteration)}
     best_rows, pairs = [], []
     for task_id in sorted(by_task):
         task = tasks[task_id]
         best = select_best(by_task[task_id], t["min_reward"])
         if best is not None:
-            state[task_id] = exemplar_from(task, observed[task_id], best["calls"], best["reward"], iteration)
+            exemplars[task_id] = exemplar_from(task, observed_answers[task_id], best["calls"], best["reward"], iteration)
             best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"]})
         pair = preference_pairs(by_task[task_id], trajectories.get(by_task[task_id][0]["trajectory_id"], {}).get("prompt", ""))
         if pair:
             pairs.append(pair)
-    write_jsonl(paths.iteration(iteration) / "best.jsonl", best_rows)
-    write_jsonl(paths.iteration(iteration) / "preferences.jsonl", pairs)
-    write_jsonl(paths.iteration(iteration) / "optimizer_state.jsonl", [state[k] for k in sorted(state)])
+    write_jsonl(paths.best(iteration), best_rows)
+    write_jsonl(paths.preferences(iteration), pairs)
+    write_jsonl(paths.exemplars(iteration), [exemplars[k] for k in sorted(exemplars)])
     sft_seconds = None
     if t["optimizer_update"] == "sft":
-        from .lora import adapter_dir, train_optimizer_sft
-
         # the prompt each task's trajectories were sampled from -> its best calls
         prompts = {tr["task_id"]: tr.get("prompt", "") for tr in trajectories.values()}
         pairs = [(prompts[b["task_id"]], format_calls(b["calls"]) + "\nend") for b in best_rows if prompts.get(b["task_id"])]
         if pairs:
-            optimizer = lm_mod.load_role(params, "optimizer", paths)
-            sft_seconds = train_optimizer_sft(params, optimizer, pairs, adapter_dir(paths, iteration))
+            optimizer = load_role(params, "optimizer", paths)
+            sft_seconds = train_optimizer_sft(t, optimizer, pairs, paths.optimizer_lora(iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
     metrics = {
@@ -150,7 +117,7 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
         "timings": {"update_s": round(time.monotonic() - started, 3), "optimizer_sft_s": sft_seconds,
                     "policy_lora_s": round(sum(r.get("lora_seconds", 0.0) for r in rows), 2)},
     }
-    write_json(paths.iteration(iteration) / "train_manifest.json", {"stage": "train", "params": t, "metrics": metrics,
+    write_json(paths.train_manifest(iteration), {"stage": "train", "params": t, "metrics": metrics,
                                                                       "cache": policy.cache.stats()})
     return metrics
 
@@ -159,7 +126,7 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     """results/train_metrics.json (dvc metrics) and results/train_plot.json (dvc plots)."""
     per_iter = []
     for k in range(1, upto + 1):
-        manifest = paths.iteration(k) / "train_manifest.json"
+        manifest = paths.train_manifest(k)
         if manifest.exists():
             per_iter.append(read_json(manifest)["metrics"])
     summary: dict = {"iterations": len(per_iter)}
@@ -169,27 +136,23 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     if len(per_iter) >= 2:
         a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
         common = sorted(set(a) & set(b))
-        cmp = paired_summary([a[k] for k in common], [b[k] for k in common], params["evaluate"]["tie_epsilon"], params["train"]["seed"])
+        cmp = paired_summary([a[k] for k in common], [b[k] for k in common], params["train"]["tie_epsilon"], params["train"]["seed"])
         summary["last_vs_previous"] = {"from": per_iter[-2]["iteration"], "to": per_iter[-1]["iteration"]} | cmp
     plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_cost", "parse_rate")}
             | {f"api_{api}": n for api, n in sorted(m["api_mix"].items())} for m in per_iter]
-    write_json(paths.results / "train_metrics.json", summary)
-    write_json(paths.results / "train_plot.json", plot)
+    write_json(paths.train_metrics, summary)
+    write_json(paths.train_plot, plot)
     return summary
 
 
 def export_optimizer(paths: Paths, iteration: int) -> None:
     """Copy the optimizer after `iteration` (its exemplars, and its LoRA adapter under sft) to
     data/optimizer/, the one artifact `ads evaluate` reads."""
-    import shutil
-
-    from .lora import adapter_dir
-
     tmp = fresh_tmp_dir(paths.optimizer)
-    shutil.copy2(paths.iteration(iteration) / "optimizer_state.jsonl", tmp / "state.jsonl")
-    if adapter_dir(paths, iteration).exists():
-        shutil.copytree(adapter_dir(paths, iteration), tmp / "lora")
-    write_json(tmp / "manifest.json", {"iteration": iteration})
+    shutil.copy2(paths.exemplars(iteration), tmp / paths.optimizer_exemplars.name)
+    if paths.optimizer_lora(iteration).exists():
+        shutil.copytree(paths.optimizer_lora(iteration), tmp / paths.optimizer_adapter.name)
+    write_json(tmp / paths.optimizer_manifest.name, {"iteration": iteration})
     replace_dir(tmp, paths.optimizer)
 
 
@@ -200,8 +163,8 @@ def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
     started = time.monotonic()
     for k in range(1, n + 1):
         log.info("train: iteration %d/%d", k, n)
-        sample_stage.run(params, paths, k)
-        execute_stage.run(params, paths, k)
+        sample.run(params, paths, k)
+        execute.run(params, paths, k)
         update(params, paths, k)
     export_optimizer(paths, n)
     summary = write_metrics(params, paths, n)

@@ -9,6 +9,7 @@ the built wheel).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import socket
 import subprocess
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import httpx
 
-from .errors import AdsError
-from .paths import Paths
-from .lm import role_source
-from .sources import extract_file
+from ..engine.roles import role_source
+from ..errors import AdsError
+from ..paths import Paths
+from ..sources import extract_file
 
 
 def gguf_path(params: dict, role: str, paths: Paths) -> Path:
@@ -38,6 +39,15 @@ def server_command(gguf: Path, alias: str, host: str, port: int, n_ctx: int = 40
     threads = threads or os.cpu_count() or 1
     return [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias, "--host", host,
             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads), "--n_threads_batch", str(threads)]
+
+
+def become(command: list[str]) -> None:
+    """Replace this process with the server (`os.execv`): SIGTERM, SIGINT and SIGHUP then reach
+    the server itself, and no child is left holding the port when `ads serve` is stopped."""
+    logging.shutdown()  # flush logs/serve.log: execv does not return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -1,7 +1,8 @@
-"""The optimizer's side of ADS: its few-shot prompt, and the strict parser of what it writes.
+"""The optimizer's side of ADS: its few-shot prompt, the strict parser of what it writes, its
+exemplars, and `propose`, which samples trajectories.
 
 A 135M model follows a plain completion format with a few exemplars but not chat
-instructions (DESIGN.md section 8), so the prompt is a completion prompt: the API list, a few
+instructions (measured: given the tools in a chat message it wrote `A: [search query]`), so the prompt is a completion prompt: the API list, a few
 exemplars (iteration 1: the seed exemplars shipped with ads, labelled as such; later: the best
 past trajectories of similar tasks), then the task with its observed examples and the policy's
 own answers and scores (its self-knowledge). The optimizer writes one `api: argument` line per
@@ -15,7 +16,13 @@ from importlib import resources
 
 import orjson
 
-from .prepare import last_message
+from ..engine.base import Model
+from ..engine.grammar import LineGrammar
+from ..engine.lora import with_adapter
+from ..engine.roles import load_role
+from ..jsonl import read_jsonl
+from ..paths import Paths
+from .tasks import last_message
 
 # stop at the end of the trajectory, and where a 135M optimizer starts copying the prompt's own
 # fields (" | correct: ...", " (score 0.0)") into an argument
@@ -24,7 +31,7 @@ _CALL = re.compile(r"^\s*(?P<api>[A-Za-z_][\w-]*)\s*:\s*(?P<arg>.*?)\s*$")
 
 
 def seed_exemplars() -> list[dict]:
-    text = resources.files("ads_cli").joinpath("seed_exemplars.jsonl").read_bytes()
+    text = resources.files("ads_cli.method").joinpath("seed_exemplars.jsonl").read_bytes()
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -57,10 +64,11 @@ def header(api_descriptions: list[str]) -> str:
             + "\nnone -- collect nothing\n")
 
 
-def build_prompt(task: dict, baseline: list[dict], exemplars: list[dict], api_descriptions: list[str]) -> str:
-    """The completion prompt for one task. Held-out examples never appear in it."""
+def build_prompt(task: dict, observed_answers: list[dict], exemplars: list[dict], api_descriptions: list[str]) -> str:
+    """The completion prompt for one task: the policy's answers on its observed examples are
+    its self-knowledge. Held-out examples never appear in it."""
     examples = []
-    for example, b in zip(task["observed"], baseline):
+    for example, b in zip(task["observed"], observed_answers):
         ref = example["reference"]
         examples.append((last_message(example["input"]), ref[0] if isinstance(ref, list) else ref, b["answer"], b["score"]))
     parts = [header(api_descriptions)] + [exemplar_text(e) + "\n" for e in exemplars]
@@ -105,20 +113,74 @@ def parse_trajectory(raw: str, api_names: set[str], max_calls: int) -> tuple[lis
     return calls[:max_calls], None
 
 
-def select_exemplars(category: str, state: list[dict], n: int) -> list[dict]:
+def select_exemplars(category: str, learned: list[dict], n: int) -> list[dict]:
     """Exemplars for a task of `category`: learned ones of the same category first (best reward
     first), then other learned ones, then the seeds. Depends only on the category, so all tasks
     of a category share one prompt prefix."""
-    learned = sorted(state, key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
+    learned = sorted(learned, key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
     chosen = learned[:n]
     return chosen + seed_exemplars()[: n - len(chosen)]
 
 
-def exemplar_from(task: dict, baseline: list[dict], calls: list[dict], reward: float, iteration: int) -> dict:
+def exemplar_from(task: dict, observed_answers: list[dict], calls: list[dict], reward: float, iteration: int) -> dict:
     """A learned exemplar in the seed exemplars' schema, from a task's best trajectory."""
     example = task["observed"][0]
     ref = example["reference"]
     return {"seed": False, "task": task["name"], "task_id": task["id"], "category": task["category"],
             "example": last_message(example["input"]), "reference": ref[0] if isinstance(ref, list) else ref,
-            "policy_answer": baseline[0]["answer"], "score": baseline[0]["score"],
+            "policy_answer": observed_answers[0]["answer"], "score": observed_answers[0]["score"],
             "calls": calls, "reward": reward, "iteration": iteration}
+
+
+def load_exemplars(paths: Paths, iteration: int) -> list[dict]:
+    """The optimizer's learned exemplars going into `iteration` (none before the first)."""
+    if iteration <= 1:
+        return []
+    return read_jsonl(paths.require(paths.exemplars(iteration - 1), f"ads train --iter {iteration - 1}"))
+
+
+def load_optimizer(params: dict, paths: Paths, iteration: int) -> tuple[Model, list[dict]]:
+    """The optimizer going into `iteration`: its model (LoRA-tuned under `sft`) and learned exemplars."""
+    exemplars = load_exemplars(paths, iteration)
+    optimizer = load_role(params, "optimizer", paths)
+    if iteration > 1:
+        optimizer = with_adapter(optimizer, paths.optimizer_lora(iteration - 1))
+    return optimizer, exemplars
+
+
+def call_grammar(api_names: list[str]) -> LineGrammar:
+    """Every line starts with an API name, `none` (first line only) or `end`."""
+    calls = [f"{name}:" for name in api_names]
+    return LineGrammar(calls + ["end"], first_line_options=calls + ["none"], terminal=["none", "end"])
+
+
+def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned: list[dict], apis: dict, sample: dict, *,
+            iteration: int, n_trajectories: int, temperature: float, label: str = "sample") -> list[dict]:
+    """The optimizer writes `n_trajectories` per task; trajectory j is sampled with seed + j.
+
+    `observed_answers` maps a task id to the policy's answers on its observed examples;
+    `learned` are the exemplars learned so far; `sample` is the params section.
+    """
+    descriptions = [getattr(a, "description", f"{name}: <argument>") for name, a in apis.items()]
+    grammar = call_grammar(list(apis)) if sample["constrained"] else None
+    # tasks of one category share exemplars, hence a prompt prefix the engine computes once
+    groups: dict[str, list[dict]] = {}
+    for task in tasks:
+        groups.setdefault(task["category"], []).append(task)
+    records = []
+    for category, group in sorted(groups.items()):
+        exemplars = select_exemplars(category, learned, sample["n_exemplars"])
+        prompts = [build_prompt(t, observed_answers[t["id"]], exemplars, descriptions) for t in group]
+        for j in range(n_trajectories):
+            gens = optimizer.generate(prompts, max_new_tokens=sample["max_new_tokens"], temperature=temperature,
+                                      seed=sample["seed"] + j, stop=STOP, chat=False, grammar=grammar,
+                                      desc=f"{label}: {category} trajectory {j + 1}/{n_trajectories}")
+            for task, prompt, g in zip(group, prompts, gens):
+                calls, error = ([], f"generation failed ({g.error})") if g.error else parse_trajectory(g.text, set(apis), sample["max_calls"])
+                record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
+                          "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt,
+                          "exemplars": [e.get("task_id", e["task"]) for e in exemplars]}
+                if error:
+                    record["parse_error"] = error
+                records.append(record)
+    return sorted(records, key=lambda r: r["trajectory_id"])

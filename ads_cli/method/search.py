@@ -1,4 +1,4 @@
-"""`ads index`: a Tantivy BM25 index over docs.jsonl, and `search(query, k)` over it.
+"""Search: a Tantivy BM25 index over docs.jsonl (`build`), and `Searcher.search(query, k)` over it.
 
 Both fields use Tantivy's English stemmer (`en_stem`). `body` holds the title and the text
 together (BM25 over the whole article); `title` again on its own, searched with a boost, so that
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import tantivy
 
-from .errors import AdsError
-from .jsonl import fresh_tmp_dir, iter_jsonl, read_json, replace_dir, sha256_file, write_json
-from .paths import Paths
-from .progress import log, track
+from ..errors import AdsError
+from ..jsonl import fresh_tmp_dir, iter_jsonl, read_json, replace_dir, sha256_file, write_json
+from ..paths import Paths
+from ..progress import log, track
 
 MAX_QUERY_TOKENS = 64  # a 10 kB query still answers fast; BM25 gains nothing from more words
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -51,8 +51,7 @@ def _validate_doc(record: dict) -> str | None:
 
 def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int = 128 << 20) -> dict:
     """Build the index from scratch into a temporary folder, then swap it in; returns the manifest."""
-    if not docs_path.exists():
-        raise AdsError(f"{docs_path}: not found; run `ads prepare` first")
+    Paths.require(docs_path, "ads prepare")
     started = time.monotonic()
     tmp_dir = fresh_tmp_dir(index_dir)
     index = tantivy.Index(_schema(), path=str(tmp_dir))
@@ -85,10 +84,7 @@ class Searcher:
     """An open index. `search(query, k)` -> [{doc_id, title, text, score}], best first."""
 
     def __init__(self, index_dir: Path):
-        manifest_path = Path(index_dir) / "manifest.json"
-        if not manifest_path.exists():
-            raise AdsError(f"{index_dir}: no index here; run `ads index` first")
-        self.manifest = read_json(manifest_path)
+        self.manifest = read_json(Paths.require(Path(index_dir) / "manifest.json", "ads index"))
         self.title_boost = float(self.manifest["params"]["title_boost"])
         self._index = tantivy.Index.open(str(index_dir))
         self._index.reload()
@@ -107,12 +103,3 @@ class Searcher:
             text = doc["body"][0][len(title) + 1:]
             hits.append({"doc_id": doc["doc_id"][0], "title": title, "text": text, "score": round(float(score), 4)})
         return hits
-
-
-def run(params: dict, paths: Paths) -> dict:
-    return build(paths.docs, paths.index, params["index"]["title_boost"])
-
-
-def search(query: str, k: int = 5, paths: Paths | None = None) -> list[dict]:
-    """Library entry point: search the project's index."""
-    return Searcher((paths or Paths.here()).index).search(query, k)

@@ -13,17 +13,17 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import yaml
 
-from .errors import AdsError
-from .jsonl import write_json, write_jsonl
-from .params import METRICS
-from .paths import Paths
-from .progress import log, track
-from .sources import Lock, load_records, open_files
+from ..errors import AdsError
+from ..jsonl import write_json, write_jsonl
+from ..method.tasks import input_text, last_message, references
+from ..params import METRICS
+from ..paths import Paths
+from ..progress import log, track
+from ..sources import Lock, load_records, open_files
 
 _YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader reads the 463 specs 10x faster
 
@@ -52,29 +52,8 @@ def categorize(name: str, description: str = "") -> str:
     return "other"
 
 
-def input_text(value: Any) -> str:
-    """The text of an example's input: a string, or the contents of a chat message list."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(str(m.get("content", "")) if isinstance(m, dict) else str(m) for m in value)
-    return str(value)
-
-
-def references(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
 def _ascii_ratio(text: str) -> float:
     return sum(c.isascii() for c in text) / len(text) if text else 0.0
-
-
-def last_message(value: Any) -> str:
-    """The question itself: the last chat message (system prompts are English even in foreign-language tasks)."""
-    if isinstance(value, list) and value:
-        last = value[-1]
-        return str(last.get("content", "")) if isinstance(last, dict) else str(last)
-    return input_text(value)
 
 
 # the commonest English function words; their share of a task's words is a cheap language test
@@ -337,7 +316,7 @@ def run(params: dict, paths: Paths, docs_source: str | None = None, tasks_source
         },
         "timings": timings,
     }
-    write_json(paths.prepared / "manifest.json", manifest)
+    write_json(paths.prepared_manifest, manifest)
     log.info("prepare: %d docs, %d train tasks, %d test tasks, skipped %s", len(docs), len(train), len(test), dict(skipped))
     return manifest
 

