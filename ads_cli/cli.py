@@ -92,7 +92,7 @@ def prepare(
         c = m["counts"]
         console.print(
             f"prepare: {c['docs']} docs, {c['tasks_train']} train tasks, {c['tasks_test']} test tasks"
-            f" ({c['tasks_kept']} kept; skipped {c['skipped']}) in {m['timings']['total_s']:.1f}s -> {paths.prepared}"
+            f" ({c['tasks_kept']} kept; skipped {c['skipped']}) in {m['run']['timings']['total_s']:.1f}s -> {paths.prepared}"
         )
 
 
@@ -106,7 +106,7 @@ def index(params: Path = ParamsOpt, set_: Optional[List[str]] = SetOpt, verbose:
 
     with stage("index", params, set_, verbose) as (p, paths):
         m = stage_mod.run(p, paths)
-        console.print(f"index: {m['counts']['docs']} docs in {m['timings']['build_s']:.1f}s -> {paths.index}")
+        console.print(f"index: {m['counts']['docs']} docs in {m['run']['timings']['build_s']:.1f}s -> {paths.index}")
 
 
 @app.command()
@@ -152,7 +152,7 @@ def sample(
         console.print(
             f"sample: {c['trajectories']} trajectories for {c['tasks']} tasks, parse rate {c['parse_rate']:.0%},"
             f" {c['empty_trajectories']} empty, API mix {c['api_mix']}, {m['cost']['optimizer_tokens']} optimizer tokens"
-            f" in {m['timings']['total_s']:.0f}s -> {paths.trajectories(iteration)}"
+            f" in {m['run']['timings']['total_s']:.0f}s -> {paths.trajectories(iteration)}"
         )
 
 
@@ -178,8 +178,8 @@ def execute(
         c = m["counts"]
         console.print(
             f"execute: {c['trajectories']} trajectories, {c['calls']} calls ({c['unique_calls']} unique,"
-            f" {c['resumed_calls']} resumed, {c['failed_calls']} failed), items {c['items']}, cost {m['cost']['total']:.0f}"
-            f" in {m['timings']['total_s']:.0f}s -> {paths.executions(iteration)}"
+            f" {m['run']['resumed_calls']} resumed, {c['failed_calls']} failed), items {c['items']}, cost {m['cost']['total']:.0f}"
+            f" in {m['run']['timings']['total_s']:.0f}s -> {paths.executions(iteration)}"
         )
 
 
@@ -208,7 +208,7 @@ def train(
         if "last_vs_previous" in s:
             c = s["last_vs_previous"]
             line += f"; iteration {c['to']} vs {c['from']}: {c['mean_diff']:+.4f} per task, 95% CI [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]"
-        console.print(line + f" in {s['timings']['total_s']:.0f}s -> results/train_metrics.json")
+        console.print(line + f" in {s['run']['timings']['total_s']:.0f}s -> results/train_metrics.json")
 
 
 @app.command()
@@ -235,7 +235,7 @@ def evaluate(
             f"evaluate: {ev['completed_tasks']}/{ev['total_tasks']} tasks; ADS {m['avg_score']:.3f} vs no data {m['avg_baseline_score']:.3f}"
             f" ({m['mean_diff_vs_no_data']:+.3f}, 95% CI [{m['ci95_vs_no_data'][0]:+.3f}, {m['ci95_vs_no_data'][1]:+.3f}]),"
             f" win/tie/loss {m['win_rate']:.0%}/{m['tie_rate']:.0%}/{m['loss_rate']:.0%}, mean cost {m['avg_cost']:.0f}"
-            f" in {ev['run']['total_s']:.0f}s -> results/report.md"
+            f" in {ev['run']['timings']['total_s']:.0f}s -> results/report.md"
         )
 
 

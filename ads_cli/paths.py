@@ -166,6 +166,17 @@ class Paths:
     def evaluate_journal(self) -> Path:
         return self.results / "evaluate.journal.jsonl"
 
+    def run_log(self, stage: str) -> Path:
+        """What the last run of `stage` measured (timings, call-cache hits, resumed calls):
+        kept beside the artifacts, never inside them, so that an artifact is a function of its
+        inputs and params alone."""
+        return self.logs / f"{stage}.json"
+
+    def relative(self, path: str | Path) -> str:
+        """`path` as the project sees it: relative to the project folder when inside it."""
+        p = Path(path)
+        return p.relative_to(self.root).as_posix() if p.is_absolute() and p.is_relative_to(self.root) else str(path)
+
     # ------------------------------------------------------------ checks
 
     @staticmethod

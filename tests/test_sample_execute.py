@@ -77,7 +77,8 @@ def test_execute_dedupes_records_provenance_and_survives_a_raising_api(prepared,
     ])
     params = params_mod.load("params.yaml")
     manifest = execute.run(params, prepared)
-    assert manifest["counts"] == {"trajectories": 3, "calls": 3, "unique_calls": 2, "resumed_calls": 0,
+    assert manifest["run"]["resumed_calls"] == 0
+    assert manifest["counts"] == {"trajectories": 3, "calls": 3, "unique_calls": 2,
                                   "failed_calls": 1, "items": {"passage": 2 * params["index"]["top_k"]}}
     ex = read_jsonl(prepared.executions(1))
     assert ex[0]["items"][0]["title"] == "Kenya"
@@ -122,7 +123,7 @@ def test_sigkill_midway_then_rerun_gives_identical_executions(prepared, tmp_path
 
     result = subprocess.run(cmd, cwd=prepared.root, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    resumed = read_json(prepared.iteration(1) / "execute_manifest.json")["counts"]["resumed_calls"]
+    resumed = read_json(prepared.root / "logs/execute.json")["resumed_calls"]
     assert resumed >= 2
     assert journal.read_bytes().count(b"\n") == 1 + 8  # the header, then each call once: nothing ran twice
     killed_run = prepared.executions(1).read_bytes()

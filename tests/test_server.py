@@ -213,7 +213,7 @@ def test_pipeline_on_the_server_survives_garbage_and_an_outage(llama_server, tmp
         proxy.down_after = None
         result = runner.invoke(app, ["evaluate", *sets])
         assert result.exit_code == 0, result.output
-        run = read_json(tmp_path / "results" / "evaluation.json")["run"]
+        run = read_json(tmp_path / "logs" / "evaluate.json")
         assert run["cache"]["policy"]["hits"] + run["cache"]["apis"]["hits"] > 0, run
         assert (tmp_path / "results" / "report.md").exists()
     finally:

@@ -79,7 +79,7 @@ def test_partly_finished_iteration_resumes_to_the_same_rewards(trained, tmp_path
     result = runner.invoke(app, ["train", "--iter", "1", "--set", "train.min_reward=-1"])
     assert result.exit_code == 0, result.output
     assert (it1 / "rewards.jsonl").read_bytes() == expected
-    assert read_json(it1 / "execute_manifest.json")["counts"]["resumed_calls"] == len(journal) // 2 - 1  # less the header
+    assert read_json(copy / "logs/train.json")["iterations"][0]["execute"]["resumed_calls"] == len(journal) // 2 - 1  # less the header
 
 
 @pytest.mark.model
@@ -93,10 +93,11 @@ def test_lora_policy_update_and_sft_optimizer(trained, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     rows = read_jsonl(copy / "data/iter_1/rewards.jsonl")
     with_items = [r for r in rows if r["n_items"]]
-    assert with_items and all("lora_seconds" in r for r in with_items)
+    measured = read_json(copy / "logs/train.json")["iterations"][0]["update"]
+    assert with_items and set(measured["lora_seconds"]) == {r["trajectory_id"] for r in with_items}
     assert (copy / "data/iter_1/optimizer_lora/adapter_config.json").exists()
     assert "optimizer_lora" in read_json(copy / "data/iter_2/sample_manifest.json")["optimizer"]
-    assert read_json(copy / "data/iter_1/train_manifest.json")["metrics"]["timings"]["optimizer_sft_s"] > 0
+    assert measured["timings"]["optimizer_sft_s"] > 0
 
 
 def test_train_needs_prepared_tasks(project):

@@ -10,11 +10,13 @@ reduced to word tokens before parsing: the Tantivy query language raises on user
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
-import time
+import uuid
 from pathlib import Path
 
+import orjson
 import tantivy
 
 from ..errors import AdsError
@@ -49,10 +51,13 @@ def _validate_doc(record: dict) -> str | None:
     return None
 
 
-def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int = 128 << 20) -> dict:
-    """Build the index from scratch into a temporary folder, then swap it in; returns the manifest."""
+def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int = 128 << 20, label: str | None = None) -> dict:
+    """Build the index from scratch into a temporary folder, then swap it in; returns the manifest.
+
+    The folder is a function of the docs and the title boost alone (the manifest names the docs
+    by `label`, their path as the project sees it): the same docs give the same bytes.
+    """
     Paths.require(docs_path, "ads prepare")
-    started = time.monotonic()
     tmp_dir = fresh_tmp_dir(index_dir)
     index = tantivy.Index(_schema(), path=str(tmp_dir))
     writer = index.writer(heap_size=heap_bytes, num_threads=1)
@@ -67,17 +72,43 @@ def build(docs_path: Path, index_dir: Path, title_boost: float, heap_bytes: int 
         raise AdsError(f"{docs_path}: empty; run `ads prepare` again")
     writer.commit()
     writer.wait_merging_threads()
+    del writer, index  # release the folder's files before renaming them
+    name_segments_by_content(tmp_dir)
     manifest = {
         "stage": "index",
-        "inputs": {"docs": {"path": str(docs_path), "sha256": sha256_file(docs_path)}},
+        "inputs": {"docs": {"path": label or str(docs_path), "sha256": sha256_file(docs_path)}},
         "params": {"title_boost": title_boost},
         "counts": {"docs": count},
-        "timings": {"build_s": round(time.monotonic() - started, 3)},
     }
     write_json(tmp_dir / "manifest.json", manifest)
     replace_dir(tmp_dir, index_dir)  # the old index stays usable until the new one is complete
-    log.info("index: %d docs in %.1fs", count, manifest["timings"]["build_s"])
+    log.info("index: %d docs", count)
     return manifest
+
+
+def name_segments_by_content(index_dir: Path) -> None:
+    """Rename each Tantivy segment after a hash of its files.
+
+    Tantivy names segments with random UUIDs (in the file names, meta.json and .managed.json),
+    so two builds from the same docs differ only in those names, and DVC would see a new
+    output every time. The content itself is deterministic (one writer thread). The hash also
+    covers the segment's position, so that two identical segments cannot collide.
+    """
+    meta_path, managed_path = index_dir / "meta.json", index_dir / ".managed.json"
+    meta_text, managed = meta_path.read_text(), orjson.loads(managed_path.read_bytes())
+    for position, segment in enumerate(orjson.loads(meta_text)["segments"]):
+        old = uuid.UUID(segment["segment_id"])
+        files = sorted(index_dir.glob(f"{old.hex}.*"))
+        digest = hashlib.sha256(str(position).encode())
+        for f in files:
+            digest.update(f.suffix.encode() + b"\0" + f.read_bytes())
+        new = uuid.UUID(digest.hexdigest()[:32])
+        for f in files:
+            f.rename(index_dir / f"{new.hex}{f.suffix}")
+        meta_text = meta_text.replace(str(old), str(new))
+        managed = [name.replace(old.hex, new.hex) for name in managed]
+    meta_path.write_text(meta_text)
+    managed_path.write_bytes(orjson.dumps(sorted(managed)))
 
 
 class Searcher:

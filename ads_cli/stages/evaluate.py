@@ -122,17 +122,18 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     summary = summarize(task_results, e["tie_epsilon"], e["seed"])
     evaluation = {"total_tasks": len(tasks), "completed_tasks": len(task_results), "failed_tasks": len(failed),
                   "failures": failed, "final_iteration": final, "metrics": summary, "task_results": task_results,
-                  "cost_unit": "tokens read + generated, plus apis.retrieval_price per retrieval",
-                  # what differs from run to run (timing, cache, resume), kept apart from the results
-                  "run": {"total_s": round(time.monotonic() - started, 3), "resumed_calls": resumed,
-                          "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()}}}
+                  "cost_unit": "tokens read + generated, plus apis.retrieval_price per retrieval"}
     write_json(paths.evaluation, evaluation)
     write_json(paths.metrics, {k: v for k, v in summary.items() if not isinstance(v, dict)}
                | {f"vs_{m}": {k: summary["vs"][m][k] for k in ("win_rate", "mean_diff")} for m in summary["vs"]})
     write_json(paths.plot_scores, [{"method": m, "score": summary["methods"][m]["score"], "cost": summary["methods"][m]["cost"]}
                                                    for m in summary["methods"]])
     write_text(paths.report, report(evaluation))
-    return evaluation
+    # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
+    run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
+                "timings": {"total_s": round(time.monotonic() - started, 3)}}
+    write_json(paths.run_log("evaluate"), run_info)
+    return evaluation | {"run": run_info}
 
 
 def reference_retrieval(policy, task: dict, retrieve, params: dict) -> dict:

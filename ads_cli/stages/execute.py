@@ -36,14 +36,14 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
             "trajectories": len(trajectories),
             "calls": sum(len(t["calls"]) for t in trajectories),
             "unique_calls": len(results),
-            "resumed_calls": resumed,
             "failed_calls": sum(not r["ok"] for r in results.values()),
             "items": dict(collections.Counter(i["kind"] for e in executions for i in e["items"])),
         },
         "cost": {"total": sum(e["cost"] for e in executions), "unique_calls": sum(r["cost"] for r in results.values())},
-        "cache": ctx.cache_stats(),
-        "timings": {"total_s": round(time.monotonic() - started, 3)},
     }
     write_json(paths.execute_manifest(iteration), manifest)
+    run_info = {"iteration": iteration, "resumed_calls": resumed, "cache": ctx.cache_stats(),
+                "timings": {"total_s": round(time.monotonic() - started, 3)}}
+    write_json(paths.run_log("execute"), run_info)
     log.info("execute: %s", manifest["counts"])
-    return manifest
+    return manifest | {"run": run_info}

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
+from ..jsonl import write_json
 from ..method.search import Searcher, build
 from ..paths import Paths
 
 
 def run(params: dict, paths: Paths) -> dict:
-    return build(paths.docs, paths.index, params["index"]["title_boost"])
+    started = time.monotonic()
+    manifest = build(paths.docs, paths.index, params["index"]["title_boost"], label=paths.relative(paths.docs))
+    run_info = {"timings": {"build_s": round(time.monotonic() - started, 3)}}
+    write_json(paths.run_log("index"), run_info)
+    return manifest | {"run": run_info}
 
 
 def search(query: str, k: int = 5, paths: Paths | None = None) -> list[dict]:

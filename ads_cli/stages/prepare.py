@@ -306,7 +306,8 @@ def run(params: dict, paths: Paths, docs_source: str | None = None, tasks_source
     timings["total_s"] = round(time.monotonic() - started, 3)
     manifest = {
         "stage": "prepare",
-        "inputs": {"docs": {"source": docs_source, "sha256": docs_sha}, "tasks": {"source": tasks_source, "sha256": tasks_sha}},
+        "inputs": {"docs": {"source": paths.relative(docs_source), "sha256": docs_sha},
+                   "tasks": {"source": paths.relative(tasks_source), "sha256": tasks_sha}},
         "params": p,
         "counts": {
             "docs": len(docs), "tasks_kept": len(tasks), "tasks_train": len(train), "tasks_test": len(test),
@@ -314,11 +315,11 @@ def run(params: dict, paths: Paths, docs_source: str | None = None, tasks_source
             "metrics": dict(collections.Counter(t["metric"] for t in tasks)),
             "categories": dict(collections.Counter(t["category"] for t in tasks)),
         },
-        "timings": timings,
     }
     write_json(paths.prepared_manifest, manifest)
+    write_json(paths.run_log("prepare"), {"timings": timings})
     log.info("prepare: %d docs, %d train tasks, %d test tasks, skipped %s", len(docs), len(train), len(test), dict(skipped))
-    return manifest
+    return manifest | {"run": {"timings": timings}}
 
 
 def _confined(source: str, paths: Paths, what: str) -> str:

@@ -46,9 +46,10 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
                                              / max(1, sum(len(v) for v in observed_answers.values())), 4),
         },
         "cost": {"optimizer_tokens": sum(r["cost"] for r in records)},
-        "cache": {"policy": policy.cache.stats(), "optimizer": optimizer.cache.stats()},
-        "timings": {"total_s": round(time.monotonic() - started, 3)},
     }
     write_json(paths.sample_manifest(iteration), manifest)
+    run_info = {"iteration": iteration, "cache": {"policy": policy.cache.stats(), "optimizer": optimizer.cache.stats()},
+                "timings": {"total_s": round(time.monotonic() - started, 3)}}
+    write_json(paths.run_log("sample"), run_info)
     log.info("sample: %s", manifest["counts"])
-    return manifest
+    return manifest | {"run": run_info}

@@ -34,10 +34,12 @@ from ..progress import log, track
 from . import execute, sample
 
 
-def update(params: dict, paths: Paths, iteration: int) -> dict:
+def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     """The update of iteration K, after sample and execute: score every trajectory's data on the
     policy, reward it, keep each task's best as an exemplar (or LoRA-tune the optimizer on them),
-    and write the iteration's rewards, best, preferences, exemplars and manifest."""
+    and write the iteration's rewards, best, preferences, exemplars and manifest.
+
+    Returns (the iteration's metrics, what this run measured: timings and cache hits)."""
     t = params["train"]
     started = time.monotonic()
     tasks = {task["id"]: task for task in load_tasks(paths.tasks_train)}
@@ -49,7 +51,7 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
     no_data_answers = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
     observed_answers = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
 
-    rows = []
+    rows, lora_seconds = [], {}
     with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
         for ex in executions:
             task = tasks.get(ex["task_id"])
@@ -73,7 +75,7 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
             if "parse_error" in traj:
                 row["parse_error"] = traj["parse_error"]
             if seconds is not None:
-                row["lora_seconds"] = round(seconds, 2)
+                lora_seconds[ex["trajectory_id"]] = round(seconds, 2)
             rows.append(row)
             progress.step()
     write_jsonl(paths.rewards(iteration), rows)
@@ -114,12 +116,12 @@ def update(params: dict, paths: Paths, iteration: int) -> dict:
         "api_mix": dict(collections.Counter(c["api"] for r in rows for c in r["calls"])),
         "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
         "task_rewards": task_rewards,
-        "timings": {"update_s": round(time.monotonic() - started, 3), "optimizer_sft_s": sft_seconds,
-                    "policy_lora_s": round(sum(r.get("lora_seconds", 0.0) for r in rows), 2)},
     }
-    write_json(paths.train_manifest(iteration), {"stage": "train", "params": t, "metrics": metrics,
-                                                                      "cache": policy.cache.stats()})
-    return metrics
+    write_json(paths.train_manifest(iteration), {"stage": "train", "params": t, "metrics": metrics})
+    run_info = {"cache": policy.cache.stats(), "lora_seconds": lora_seconds,
+                "timings": {"update_s": round(time.monotonic() - started, 3), "optimizer_sft_s": sft_seconds,
+                            "policy_lora_s": round(sum(lora_seconds.values()), 2)}}
+    return metrics, run_info
 
 
 def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
@@ -161,12 +163,15 @@ def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
     if n < 1:
         raise AdsError(f"--iter must be >= 1, got {n}")
     started = time.monotonic()
+    measured = []
     for k in range(1, n + 1):
         log.info("train: iteration %d/%d", k, n)
-        sample.run(params, paths, k)
-        execute.run(params, paths, k)
-        update(params, paths, k)
+        sampled = sample.run(params, paths, k)
+        executed = execute.run(params, paths, k)
+        _, updated = update(params, paths, k)
+        measured.append({"iteration": k, "sample": sampled["run"], "execute": executed["run"], "update": updated})
     export_optimizer(paths, n)
     summary = write_metrics(params, paths, n)
-    summary["timings"] = {"total_s": round(time.monotonic() - started, 3)}
-    return summary
+    run_info = {"iterations": measured, "timings": {"total_s": round(time.monotonic() - started, 3)}}
+    write_json(paths.run_log("train"), run_info)
+    return summary | {"run": run_info}

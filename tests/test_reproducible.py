@@ -1,0 +1,86 @@
+"""DVC's promise, kept: every declared output is a function of its deps and params.
+
+The tiny pipeline runs with `dvc repro` in two folders at different absolute paths, each with
+its own empty call cache (on the fake model and small user files, so that this is a logic
+test). Every declared output must come out byte for byte the same, the two dvc.lock files must
+agree, and no declared output may contain the folder's absolute path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import FAKE, REPO, make_docs, make_flat_tasks, tiny_params, write_jsonl
+
+
+def declared_outputs(dvc_yaml: dict) -> list[str]:
+    out = []
+    for stage in dvc_yaml["stages"].values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind, []):
+                out.append(entry if isinstance(entry, str) else next(iter(entry)))
+    return out
+
+
+def files_of(root, rel: str) -> dict[str, bytes]:
+    path = root / rel
+    if path.is_file():
+        return {rel: path.read_bytes()}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def run_pipeline(root) -> None:
+    shutil.copytree(REPO / "ads_cli", root / "ads_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "sources.lock.json", ".gitignore", ".dvcignore"):
+        shutil.copy2(REPO / name, root / name)
+    write_jsonl(root / "docs.jsonl", make_docs())
+    write_jsonl(root / "tasks.jsonl", make_flat_tasks(hard=True))
+    params = tiny_params("prepare.docs=docs.jsonl", "prepare.tasks=tasks.jsonl", "lm.call_cache=calls.sqlite")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "data").mkdir()
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
+        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
+        assert result.returncode == 0, f"{cmd}: {result.stdout}\n{result.stderr}"
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    roots = [tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("elsewhere") / "deeper" / "second"]
+    for root in roots:
+        root.mkdir(parents=True, exist_ok=True)
+        run_pipeline(root)
+    return roots
+
+
+def test_the_fake_model_is_what_ran(two_runs):
+    params = yaml.safe_load((two_runs[0] / "params.yaml").read_text())
+    assert [f"lm.policy_backend={params['lm']['policy_backend']}", f"lm.optimizer_backend={params['lm']['optimizer_backend']}"] == FAKE
+
+
+def test_declared_outputs_and_dvc_lock_are_identical_in_two_folders(two_runs):
+    a, b = two_runs
+    outputs = declared_outputs(yaml.safe_load((a / "dvc.yaml").read_text()))
+    assert {"data/prepared", "data/index", "data/optimizer", "results/evaluation.json"} <= set(outputs)
+    for rel in outputs:
+        fa, fb = files_of(a, rel), files_of(b, rel)
+        assert fa, f"{rel}: nothing written"
+        assert fa.keys() == fb.keys(), rel
+        differ = [name for name in fa if fa[name] != fb[name]]
+        assert not differ, f"these declared outputs differ between two folders: {differ}"
+    assert (a / "dvc.lock").read_text() == (b / "dvc.lock").read_text()
+    # what the runs measured is kept, beside the outputs
+    assert (a / "logs" / "train.json").exists() and (a / "logs" / "evaluate.json").exists()
+
+
+def test_no_declared_output_contains_the_project_folder(two_runs):
+    for root in two_runs:
+        for rel in declared_outputs(yaml.safe_load((root / "dvc.yaml").read_text())):
+            for name, data in files_of(root, rel).items():
+                assert str(root).encode() not in data, f"{name} contains the absolute path {root}"
+                assert str(root.resolve()).encode() not in data, f"{name} contains the absolute path {root.resolve()}"
