@@ -11,7 +11,7 @@ from ads_cli.jsonl import read_jsonl
 from ads_cli.paths import Paths
 from conftest import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.model]
 runner = CliRunner()
 
 
@@ -34,6 +34,10 @@ def test_real_defaults_prepare_index_search(tmp_path, monkeypatch):
     assert runner.invoke(app, ["index"]).exit_code == 0
     result = runner.invoke(app, ["search", "1968 science fiction film by Stanley Kubrick", "-k", "1"])
     assert '"title":"2001: A Space Odyssey"' in result.stdout
+    # the 10k-document index is a function of the docs: a second build writes the same bytes
+    first = {p.relative_to(paths.index): p.read_bytes() for p in paths.index.rglob("*") if p.is_file()}
+    assert runner.invoke(app, ["index"]).exit_code == 0
+    assert {p.relative_to(paths.index): p.read_bytes() for p in paths.index.rglob("*") if p.is_file()} == first
 
 
 def test_real_registry_tasks_are_english_and_short(tmp_path):

@@ -152,12 +152,12 @@ def test_same_params_and_seed_give_byte_identical_artifacts(trained, tmp_path, m
 def _kill_at_random_then_rerun(project: Path, args: list[str], seed: int, window: tuple[float, float]) -> None:
     """Kill a run at a random moment of `window` (seconds), then rerun it to the end.
 
-    The fake model answers in 0.1 s a request here, so that a run lasts long enough to be
+    The fake model takes 0.05 s a request here, so that a run lasts long enough to be
     killed midway; the call cache is the copy's own and starts empty, so that work is in flight.
     """
     (project / "calls.sqlite").unlink(missing_ok=True)
     cmd = [sys.executable, "-c", "from ads_cli.cli import app; app()", *args]
-    env = dict(os.environ, ADS_FAKE_DELAY="0.1")
+    env = dict(os.environ, ADS_FAKE_DELAY="0.05")
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(random.Random(seed).uniform(*window))
     assert proc.poll() is None, "the run finished before the kill"
@@ -176,7 +176,7 @@ def test_sigkill_during_train_then_rerun_matches(trained, tmp_path, seed):
     project = copy_project(trained.root, tmp_path / "p", keep_training=False)
     # a fresh call cache, so that the killed run really has work in flight
     args = ["train", "--iter", "1", "--set", "train.min_reward=-1", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
-    _kill_at_random_then_rerun(project, args, seed, (1.5, 3.0))
+    _kill_at_random_then_rerun(project, args, seed, (1.2, 2.2))
     for name in ("trajectories", "executions", "rewards", "best", "optimizer_state"):
         rel = f"data/iter_1/{name}.jsonl"
         assert (project / rel).read_bytes() == (trained.root / rel).read_bytes(), rel
@@ -190,7 +190,7 @@ def test_sigkill_during_evaluate_then_rerun_matches(trained, tmp_path, seed):
     project = copy_project(trained.root, tmp_path / "p")
     shutil.rmtree(project / "results", ignore_errors=True)
     args = ["evaluate", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
-    _kill_at_random_then_rerun(project, args, seed, (1.5, 3.0))
+    _kill_at_random_then_rerun(project, args, seed, (1.2, 2.2))
     assert (project / "results/evaluation.json").read_bytes() == (reference / "results/evaluation.json").read_bytes()
     assert (project / "results/report.md").read_text() == (reference / "results/report.md").read_text()
 

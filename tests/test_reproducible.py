@@ -34,7 +34,7 @@ def files_of(root, rel: str) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def run_pipeline(root) -> None:
+def setup_project(root) -> None:
     shutil.copytree(REPO / "ads_cli", root / "ads_cli", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "sources.lock.json", ".gitignore", ".dvcignore"):
         shutil.copy2(REPO / name, root / name)
@@ -43,18 +43,22 @@ def run_pipeline(root) -> None:
     params = tiny_params("prepare.docs=docs.jsonl", "prepare.tasks=tasks.jsonl", "lm.call_cache=calls.sqlite")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     (root / "data").mkdir()
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro"]):
-        result = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env)
-        assert result.returncode == 0, f"{cmd}: {result.stdout}\n{result.stderr}"
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     roots = [tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("elsewhere") / "deeper" / "second"]
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    script = "git init -q && dvc init -q && dvc repro"
     for root in roots:
         root.mkdir(parents=True, exist_ok=True)
-        run_pipeline(root)
+        setup_project(root)
+    # the two folders run at the same time: independent projects, each with its own call cache
+    runs = [subprocess.Popen(["bash", "-c", script], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for root in roots]
+    for root, run in zip(roots, runs):
+        output = run.communicate()[0]
+        assert run.returncode == 0, f"{root}: {output}"
     return roots
 
 

@@ -105,7 +105,7 @@ def test_demonstrate_and_answer_items(prepared):
 def test_sigkill_midway_then_rerun_gives_identical_executions(prepared, tmp_path):
     calls = [[{"api": "answer", "arg": f"What is the capital of country number {i}?"}] for i in range(8)]
     _trajectories(prepared, calls)
-    env = dict(os.environ, ADS_FAKE_DELAY="0.3")  # slow enough for the kill to land midway
+    env = dict(os.environ, ADS_FAKE_DELAY="0.15")  # slow enough for the kill to land midway
     code = "from ads_cli.cli import app; app()"
     cmd = [sys.executable, "-c", code, "execute", "--no-cache", "--set", "execute.journal_every=1"]
     proc = subprocess.Popen(cmd, cwd=prepared.root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
