@@ -31,6 +31,7 @@ SERVER: dict[str, Any] = {
     "grammar": False,
     "extra_body": {},
 }
+LENSES = ("likelihood", "metric")  # how a score is read: reference likelihood (bits per byte) or the task's metric
 BACKENDS = ("local", "openai")  # built in; plugins add more through the entry-point group below
 BACKEND_ENTRY_POINTS = "ads.backends"
 ROLES = ("policy", "optimizer")
@@ -98,6 +99,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "train": {
         "iterations": 2,
+        "reward": "likelihood",
+        "fewshot": True,
         "update": "icl",
         "context_tokens": 256,
         "lambda": 0.1,
@@ -168,6 +171,8 @@ def validate(params: dict) -> dict:
     _check_positive(params, "apis", "retrieval_price", 0)
     _check_positive(params, "execute", "journal_every")
     t = params["train"]
+    if t["reward"] not in LENSES:
+        raise AdsError(f"params: train.reward must be one of {', '.join(LENSES)}, got {t['reward']!r}")
     if t["update"] not in ("icl", "lora"):
         raise AdsError(f"params: train.update must be icl or lora, got {t['update']!r}")
     if t["optimizer_update"] not in ("exemplars", "sft"):

@@ -60,7 +60,7 @@ def main() -> None:
         for c in (int(x) for x in args.concurrency.split(",")):
             settings = dict(params["openai_policy"], base_url=base_url, model=model, concurrency=c, timeout=600.0,
                             extra_body=json.loads(args.extra_body))
-            remote = OpenAIModel(settings, "openai_policy", CallCache(None), local.count_tokens)
+            remote = OpenAIModel(settings, "openai_policy", CallCache(None), local.tok)
             t = time.perf_counter()
             gens = remote.generate(prompts, max_new_tokens=args.new_tokens, desc=f"server, concurrency {c}")
             rows.append((f"server, concurrency {c}", time.perf_counter() - t, gens))

@@ -1,11 +1,13 @@
 """The LM engine on the default model: naive vs batched generation, warm cache, shared prefix.
 
-    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64]
+    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only]
 
 1. 64 chat prompts of 150-400 tokens (Wikipedia summaries to summarise), 64 new tokens each:
    one prompt at a time (naive) vs batched; then the batched run again with the cache warm.
 2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
-3. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
+3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
+   call (shared prefix, batched) vs each pair on its own.
+4. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
    all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
 """
 
@@ -23,6 +25,7 @@ import torch
 from ads_cli.engine import local as local_engine
 from ads_cli.engine.local import LocalModel
 from ads_cli.engine.roles import load_role
+from ads_cli.method.policy import example_messages
 from ads_cli import params as params_mod
 from ads_cli.cache import CallCache
 from ads_cli.jsonl import read_jsonl
@@ -57,17 +60,43 @@ def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9  # a copy reads and writes every byte
 
 
+def scoring(model, docs: list[dict], seed: int) -> None:
+    """Likelihood scoring as `ads train` does it: one trajectory's prompt (collected passages, then
+    3 demonstrations) shared by 8 held-out questions, 2 references each; scored in one call (the
+    shared prefix computed once, batched) against each pair on its own."""
+    rng = random.Random(seed)
+    picked = rng.sample(docs, 14)
+    passages = "\n\n".join(f"{d['title']}: {d['text']}" for d in picked[:3])
+    demos = [{"input": f"What is {d['title']}?", "reference": d["description"] or d["title"]} for d in picked[3:6]]
+    pairs = []
+    for d in picked[6:14]:
+        prompt = model.render(example_messages(f"What is {d['title']}?", passages, demos))
+        pairs += [(prompt, d["description"] or d["title"]), (prompt, d["title"])]
+    n_tokens = sum(model.count_tokens(c + r) for c, r in pairs)
+    model.cache = CallCache(None)
+    separate, t_separate = timed(lambda: [model.loglikelihood([p])[0] for p in pairs])
+    shared, t_shared = timed(lambda: model.loglikelihood(pairs))
+    diff = max(abs(a - b) for a, b in zip(separate, shared))
+    print(f"\nlikelihood scoring, {len(pairs)} pairs sharing one prompt prefix ({n_tokens} tokens in all):")
+    print(f"  each pair on its own {t_separate:.2f}s, shared prefix + batched {t_shared:.2f}s: {t_separate / t_shared:.1f}x;"
+          f" max |difference| {diff:.2e} nats")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scoring-only", action="store_true", help="Only the likelihood-scoring comparison (a minute).")
     args = ap.parse_args()
 
     params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
     model = load_role(params, "policy")
     docs = read_jsonl(Path("data/prepared/docs.jsonl"))
+    if args.scoring_only:
+        scoring(model, docs, args.seed)
+        return
     prompts = make_prompts(model, docs, args.prompts, args.seed)
     n_prompt = sum(model.count_tokens(model.render(p)) for p in prompts)
     print(f"model {params['lm']['policy']}, {torch.get_num_threads()} threads, batch size {model.batch_size}")
@@ -104,6 +133,8 @@ def main() -> None:
     print("\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
     print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")
+
+    scoring(model, docs, args.seed)
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
     bw = bandwidth_gb_s()

@@ -46,7 +46,7 @@ def test_repro_runs_all_then_nothing_then_only_evaluate(tmp_path):
     params["evaluate"]["tie_epsilon"] = 0.2
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert ran(sh(repo, "dvc", "repro")) == ["evaluate"]
-    assert read_json(repo / "results/metrics.json")["avg_score"] == evaluation["metrics"]["avg_score"]
+    assert read_json(repo / "results/metrics.json")["metric"]["avg_score"] == evaluation["metrics"]["avg_score"]
 
     metrics = sh(repo, "dvc", "metrics", "show")
     assert "results/metrics.json" in metrics and "avg_score" in metrics

@@ -3,6 +3,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from ads_cli.method import evaluation
 from ads_cli.stages import evaluate
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json, read_jsonl, write_jsonl
@@ -11,20 +12,20 @@ runner = CliRunner()
 
 
 def _task(name, category, scores, costs=None):
-    methods = {m: {"score": s, "cost": (costs or {}).get(m, 0.0), "calls": []} for m, s in scores.items()}
+    methods = {m: {"score": s, "likelihood": -s, "cost": (costs or {}).get(m, 0.0), "calls": []} for m, s in scores.items()}
     return {"task": name, "category": category, "metric": "exact", "instruction": "q", "score": scores["ads"],
             "baseline_score": scores["no_data"], "api_cost": 0.0, "trajectory": [], "parse_error": None, "methods": methods}
 
 
 def test_summary_on_hand_made_results():
-    base = dict.fromkeys(evaluate.METHODS + [evaluate.REFERENCE], 0.0)
+    base = dict.fromkeys(evaluation.METHODS + [evaluation.REFERENCE], 0.0)
     rows = [
         _task("a", "math", base | {"ads": 0.5, "no_data": 0.25}, {"ads": 100.0}),
         _task("b", "math", base | {"ads": 0.25, "no_data": 0.25}, {"ads": 300.0}),
         _task("c", "knowledge", base | {"ads": 0.0, "no_data": 0.5}),
         _task("d", "knowledge", base | {"ads": 0.75, "no_data": 0.5}),
     ]
-    s = evaluate.summarize(rows, epsilon=0.05, seed=0)
+    s = evaluation.summarize(rows, "metric", epsilon=0.05, seed=0)
     assert (s["win_rate"], s["tie_rate"], s["loss_rate"]) == (0.5, 0.25, 0.25)
     assert s["avg_score"] == pytest.approx(0.375) and s["avg_baseline_score"] == pytest.approx(0.375)
     assert s["mean_diff_vs_no_data"] == pytest.approx(0.0) and s["avg_cost"] == pytest.approx(100.0)
@@ -32,6 +33,8 @@ def test_summary_on_hand_made_results():
     assert -0.5 <= lo <= 0.0 <= hi <= 0.25
     assert s["by_category"]["math"] == {"tasks": 2} | {m: 0.0 for m in base} | {"ads": 0.375, "no_data": 0.25}
     assert s["vs"]["random"]["win_rate"] == 0.75  # random scored 0 everywhere; ads > 0 on three tasks
+    likelihood = evaluation.summarize(rows, "likelihood", epsilon=0.05, seed=0)  # the other lens reads the other field
+    assert likelihood["avg_score"] == pytest.approx(-0.375) and likelihood["vs"]["random"]["loss_rate"] == 0.75
 
 
 def test_random_trajectory_is_seeded_and_sized():
@@ -52,19 +55,25 @@ def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
     assert set(ev["metrics"]) >= {"win_rate", "tie_rate", "loss_rate", "avg_score", "avg_cost"}
     for t in ev["task_results"]:
         assert set(t) >= {"task", "instruction", "score", "baseline_score", "api_cost"}
-        assert set(t["methods"]) == set(evaluate.METHODS + [evaluate.REFERENCE])
+        assert set(t["methods"]) == set(evaluation.METHODS + [evaluation.REFERENCE])
         assert t["methods"]["ads"]["score"] == t["score"] and 0 <= t["score"] <= 1
+        assert all(m["likelihood"] <= 0 for m in t["methods"].values())  # log2 p per byte
+        assert t["methods"]["fewshot"]["likelihood"] == t["methods"]["no_data"]["likelihood"]  # the default layout is few-shot
+    assert ev["metrics"] == ev["lenses"]["metric"] and set(ev["lenses"]) == {"metric", "likelihood"}
     report = (trained.root / "results/report.md").read_text()
-    for method, v in ev["metrics"]["methods"].items():
-        row = next(line for line in report.splitlines() if line.startswith(f"| {method}") or line.startswith(f"| **{method}"))
-        assert f"{v['score']:.3f}" in row and f"{v['cost']:.0f}" in row
-        if method != "ads":
-            c = ev["metrics"]["vs"][method]
-            assert f"{c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]" in row
+    for lens, section in (("metric", "## Metric lens"), ("likelihood", "## Likelihood lens")):
+        table = report.split(section, 1)[1].split("\n## ", 1)[0]
+        for method, v in ev["lenses"][lens]["methods"].items():
+            row = next(line for line in table.splitlines() if line.startswith(f"| {method}") or line.startswith(f"| **{method}"))
+            assert f"{v['score']:.3f}" in row and f"{v['cost']:.0f}" in row
+            if method != "ads":
+                c = ev["lenses"][lens]["vs"][method]
+                assert f"{c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]" in row
     metrics = read_json(trained.root / "results/metrics.json")
-    assert metrics["avg_score"] == ev["metrics"]["avg_score"]
-    plot = {p["method"]: p["score"] for p in read_json(trained.root / "results/plot_scores.json")}
-    assert plot == {m: v["score"] for m, v in ev["metrics"]["methods"].items()}
+    assert metrics["metric"]["avg_score"] == ev["metrics"]["avg_score"]
+    assert metrics["likelihood"]["avg_score"] == ev["lenses"]["likelihood"]["avg_score"]
+    plot = {(p["lens"], p["method"]): p["score"] for p in read_json(trained.root / "results/plot_scores.json")}
+    assert plot == {(lens, m): v["score"] for lens, s in ev["lenses"].items() for m, v in s["methods"].items()}
 
 
 def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):

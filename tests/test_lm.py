@@ -155,3 +155,29 @@ def test_a_local_hugging_face_folder_is_a_model_source(smol, tmp_path):
     assert "Paris" in mine.generate(["What is the capital of France?"], max_new_tokens=16)[0].text
     with pytest.raises(AdsError, match="not a Hugging Face model folder"):
         load_local(str(tmp_path))
+
+
+def test_loglikelihood_with_a_shared_prefix_matches_a_hand_computation(model, monkeypatch):
+    import torch
+
+    from ads_cli.method.policy import example_messages
+
+    passages = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(12))
+    questions = ["What colour is the sky?", "What colour is grass?", "Name a colour."]
+    pairs = [(model.render(example_messages(q, passages)), ref) for q in questions for ref in ("Blue", "Green")]
+    prefixes = []
+    shared_prefix = model._shared_prefix
+    monkeypatch.setattr(model, "_shared_prefix", lambda seqs, own: prefixes.append(r := shared_prefix(seqs, own)) or r)
+    monkeypatch.setattr(model, "batch_size", 4)  # a full and a partial batch, each from the prefix cache
+    values = model.loglikelihood(pairs)
+    assert len(prefixes[0][0]) >= 64  # the shared path ran
+    for (context, continuation), value in zip(pairs, values):
+        ctx = model.tok(context, add_special_tokens=False).input_ids
+        cont = model.tok(continuation, add_special_tokens=False).input_ids
+        ids = ctx + cont
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(model.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        by_hand = sum(float(logprobs[p - 1, ids[p]]) for p in range(len(ctx), len(ids)))
+        assert value == pytest.approx(by_hand, abs=2e-3), continuation
+    blue_sky, green_sky = values[0], values[1]
+    assert blue_sky > green_sky  # and the numbers make sense

@@ -85,10 +85,20 @@ def server():
     httpd.server_close()
 
 
+class WordTokenizer:
+    """A stand-in tokenizer: a token per word, a plain chat template."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return type("Encoded", (), {"input_ids": text.split()})()
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False):
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+
 def backend(url: str, tmp_path, **settings) -> OpenAIModel:
     s = dict(params_mod.SERVER, base_url=url, backoff=0.01, timeout=5.0, max_retries=2)
     s.update(settings)
-    return OpenAIModel(s, "openai_policy", CallCache(tmp_path / "calls.sqlite"), lambda t: len(t.split()))
+    return OpenAIModel(s, "openai_policy", CallCache(tmp_path / "calls.sqlite"), WordTokenizer())
 
 
 def test_generate_reads_text_and_usage_and_caches(server, tmp_path):

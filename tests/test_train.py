@@ -17,7 +17,8 @@ def test_reward():
 
 
 def _row(tid, reward, cost, parse_error=False):
-    r = {"trajectory_id": tid, "task_id": "t", "calls": [{"api": "retrieve", "arg": tid}], "reward": reward, "cost": cost}
+    r = {"trajectory_id": tid, "task_id": "t", "calls": [{"api": "retrieve", "arg": tid}], "reward": reward, "cost": cost,
+         "accepted": True}
     if parse_error:
         r["parse_error"] = "not a call at line 1"
     return r
@@ -48,9 +49,12 @@ def test_two_iterations_write_everything(trained):
     rewards = read_jsonl(trained.iteration(1) / "rewards.jsonl")
     params = params_mod.load(trained.root / "params.yaml")
     for r in rewards:
+        assert r["lens"] == params["train"]["reward"] == "likelihood"
         assert r["reward"] == pytest.approx(r["gain"] - 0.1 * r["cost"] / params["train"]["cost_scale"])
-        assert r["gain"] == pytest.approx(r["score"] - r["baseline"])
-        assert len(r["scores"]) == params["prepare"]["heldout"] and all(0 <= s <= 1 for s in r["scores"])
+        assert r["gain"] == pytest.approx(r["score"] - r["baseline"]) and r["gain"] == r["likelihood_gain"]
+        assert r["scores"] == r["likelihood_scores"] and all(s <= 0 for s in r["scores"])  # log2 p per byte
+        assert len(r["metric_scores"]) == params["prepare"]["heldout"] and all(0 <= s <= 1 for s in r["metric_scores"])
+        assert isinstance(r["accepted"], bool) and (r["accepted"] <= (r["gain"] > 0))
     # min_reward=-1: every task keeps its best, and iteration 2 samples from those exemplars
     state = read_jsonl(trained.iteration(1) / "optimizer_state.jsonl")
     assert len(state) == len(read_jsonl(trained.tasks_train)) and not any(e["seed"] for e in state)

@@ -100,6 +100,11 @@ class Model(ABC):
         """Tokens of `text` in this model's tokenizer (the policy's context budget counts them)."""
 
     @abstractmethod
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        """The prompt as the text the model reads: a chat prompt through the model's chat
+        template, ending where the assistant's answer starts. Likelihoods are scored after it."""
+
+    @abstractmethod
     def payload(self, prompt: Prompt, chat: bool) -> str | list[dict]:
         """What the model reads for `prompt`; the cache key hashes it. The local engine renders
         the chat template here; a server receives the messages themselves."""
@@ -146,6 +151,10 @@ class Model(ABC):
         """True when `generate` with these arguments would be answered from the cache alone."""
         return all(self.cache.peek(generation_key(self.model_id, self.payload(p, chat), max_new_tokens, temperature,
                                                   seed, list(stop or []))[0]) for p in prompts)
+
+    def all_scored(self, pairs: Sequence[tuple[str, str]]) -> bool:
+        """True when `loglikelihood(pairs)` would be answered from the cache alone."""
+        return all(self.cache.peek(call_key("loglik", self.model_id, c, r)) for c, r in pairs)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "loglikelihood") -> list[float]:
         """The summed log-probability of each continuation given its (already rendered) context."""

@@ -73,7 +73,7 @@ class LocalModel(Model):
         shaped = shape_prompt(prompt, chat)
         return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
 
-    payload = render
+    payload = render  # the cache key hashes the rendered text
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(self.tok, text)
@@ -89,19 +89,11 @@ class LocalModel(Model):
     # ------------------------------------------------------------ generation
 
     def _generate(self, requests: list[Request], decoding: Decoding, progress):
-        torch = _torch()
         encoded = {r.index: self._encode(r.payload, decoding.max_new_tokens) for r in requests}
         seeds = {r.index: r.seed or 0 for r in requests}
         order = sorted(encoded, key=lambda i: -len(encoded[i][0]))
-        prefix: list[int] = []
-        prefix_cache = None
-        if len(order) > 1:
-            # every prompt keeps at least one token of its own: its logits start the answer
-            shared = min(_common_prefix([encoded[i][0] for i in order]), min(len(encoded[i][0]) for i in order) - 1)
-            if shared >= MIN_SHARED_PREFIX:
-                prefix = encoded[order[0]][0][:shared]
-                with torch.inference_mode():
-                    prefix_cache = self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+        # every prompt keeps at least one token of its own: its logits start the answer
+        prefix, prefix_cache = self._shared_prefix([encoded[i][0] for i in order], [1] * len(order))
         for start in range(0, len(order), self.batch_size):
             batch = order[start: start + self.batch_size]
             outputs = self._generate_batch([encoded[i][0][len(prefix):] for i in batch], decoding, [seeds[i] for i in batch],
@@ -133,9 +125,7 @@ class LocalModel(Model):
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=self.tok)
         if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(batch_ids))
-            kwargs["cache"] = cache
+            kwargs["cache"] = _copy_cache(prefix_cache, len(batch_ids))
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         return [self._decode(row[input_ids.shape[1]:], stop) for row in out]
@@ -152,25 +142,67 @@ class LocalModel(Model):
     # ------------------------------------------------------------ scoring
 
     def _loglikelihood(self, pairs: list[Scoring], progress):
+        """Teacher-forced log-probabilities, batched, with a shared prefix computed once.
+
+        Pairs of one call usually share their start (the policy's prompt with the collected
+        data, then the question and its reference differ): that common token prefix is run
+        once and every batch continues from a copy of its KV cache, as `generate` does. Rows
+        are left-padded after the prefix, so that every continuation ends the row and only the
+        last logits are computed.
+        """
         torch = _torch()
-        todo = []
+        rows = {}
         for pair in pairs:
             ctx = self.tok(pair.context, add_special_tokens=False).input_ids
             cont = self.tok(pair.continuation, add_special_tokens=False).input_ids
             ids = (ctx + cont)[-self.max_context:]
-            todo.append((pair.index, ids, min(len(cont), len(ids) - 1)))
-        for start in range(0, len(todo), self.batch_size):
-            batch = todo[start: start + self.batch_size]
-            width = max(len(ids) for _, ids, _ in batch)
-            pad = self.tok.pad_token_id
-            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, ids, _ in batch])
-            attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for _, ids, _ in batch])
+            rows[pair.index] = (ids, min(len(cont), len(ids) - 1))
+        order = sorted(rows, key=lambda i: -len(rows[i][0]))
+        prefix, prefix_cache = self._shared_prefix([rows[i][0] for i in order], [rows[i][1] + 1 for i in order])
+        pad = self.tok.pad_token_id
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start: start + self.batch_size]
+            suffixes = [rows[i][0][len(prefix):] for i in batch]
+            width = max(len(s) for s in suffixes)
+            input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
+            attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, len(prefix):]
+            keep = max(rows[i][1] for i in batch) + 1
+            kwargs = {"cache": _copy_cache(prefix_cache, len(batch))} if prefix_cache is not None else {}
             with torch.inference_mode():
-                logprobs = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=attention).logits.float(), dim=-1)
-            for row, (i, ids, n_cont) in enumerate(batch):
-                positions = range(len(ids) - n_cont, len(ids))
-                yield i, float(sum(logprobs[row, p - 1, ids[p]] for p in positions))
+                logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                                    logits_to_keep=keep, **kwargs).logits
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(batch):
+                ids, n = rows[i]
+                targets = torch.tensor(ids[len(ids) - n:])
+                # logit k of the kept ones predicts the token after input position width - keep + k
+                picked = logprobs[row, keep - n - 1: keep - 1].gather(-1, targets[:, None])
+                yield i, float(picked.sum())
             progress.step(len(batch))
+
+    def _shared_prefix(self, seqs: list[list[int]], own: list[int]) -> tuple[list[int], object]:
+        """The token prefix all `seqs` share, and its KV cache, when it is long enough to pay.
+
+        Row i keeps at least `own[i]` tokens of its own after the prefix (the tokens whose
+        logits are needed). Below MIN_SHARED_PREFIX tokens, or for a single row, nothing is shared.
+        """
+        if len(seqs) < 2:
+            return [], None
+        shared = min(_common_prefix(seqs), min(len(s) - o for s, o in zip(seqs, own)))
+        if shared < MIN_SHARED_PREFIX:
+            return [], None
+        torch = _torch()
+        prefix = seqs[0][:shared]
+        with torch.inference_mode():
+            return prefix, self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+
+
+def _copy_cache(cache, rows: int):
+    """A copy of a one-row KV cache for a batch of `rows` that all continue from it."""
+    copied = copy.deepcopy(cache)
+    copied.batch_repeat_interleave(rows)
+    return copied
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

@@ -34,6 +34,7 @@ from ..cache import CallCache, call_key
 from ..errors import AdsError
 from ..progress import log
 from .base import Decoding, Generation, Model, Prompt, Request, Scoring, cut_at_stop, shape_prompt
+from .weights import count_tokens
 
 RETRY_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = {401: "refused the API key", 403: "refused the API key", 404: "has no such endpoint or model"}
@@ -70,7 +71,9 @@ def _snippet(response: httpx.Response) -> str:
 class OpenAIModel(Model):
     """A model served over HTTP; `model_id` is the served model's name (plus `extra_body`)."""
 
-    def __init__(self, settings: dict, section: str, cache: CallCache, count_tokens: Callable[[str], int]):
+    def __init__(self, settings: dict, section: str, cache: CallCache, tokenizer):
+        """`tokenizer` is the served model's, loaded here: the policy's context budget counts
+        tokens with it, and likelihood contexts are rendered with its chat template."""
         self.settings, self.section = settings, section
         self.base_url = settings["base_url"].rstrip("/")
         self.model_name = settings["model"]
@@ -78,7 +81,7 @@ class OpenAIModel(Model):
         self.name = f"{self.base_url}#{self.model_name}"
         self.batch_size = settings["concurrency"]
         self.cache = cache
-        self._count_tokens = count_tokens
+        self.tok = tokenizer
         self.extra_body = dict(settings["extra_body"])
         headers = {}
         if settings["api_key_env"]:
@@ -100,7 +103,11 @@ class OpenAIModel(Model):
         return self._model_id
 
     def count_tokens(self, text: str) -> int:
-        return self._count_tokens(text)
+        return count_tokens(self.tok, text)
+
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        shaped = shape_prompt(prompt, chat)
+        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
 
     def payload(self, prompt: Prompt, chat: bool) -> str | list[dict]:
         return shape_prompt(prompt, chat)

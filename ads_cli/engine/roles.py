@@ -8,7 +8,6 @@ through the entry-point group `ads.backends`, whose entry point is a factory
 
 from __future__ import annotations
 
-import functools
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -52,12 +51,11 @@ def load_role(params: dict, role: str, paths: Paths | None = None) -> Model:
         return LocalModel(model, tokenizer, digest, source, batch_size=params["lm"]["batch_size"], cache=call_cache(params, paths))
     if backend == "openai":
         from .openai import OpenAIModel
-        from .weights import count_tokens, load_tokenizer
+        from .weights import load_tokenizer
 
         source, cache_dir, lock = role_source(params, role, paths)
-        tok = load_tokenizer(source, cache_dir, lock)  # the context budget counts tokens with lm.<role>'s tokenizer
         return OpenAIModel(params[f"openai_{role}"], f"openai_{role}", call_cache(params, paths),
-                           functools.partial(count_tokens, tok))
+                           load_tokenizer(source, cache_dir, lock))
     for ep in entry_points(group=BACKEND_ENTRY_POINTS):
         if ep.name == backend:
             return ep.load()(params, role, call_cache(params, paths))

@@ -22,7 +22,7 @@ from ..engine.lora import with_adapter
 from ..engine.roles import load_role
 from ..jsonl import read_jsonl
 from ..paths import Paths
-from .tasks import last_message
+from .tasks import last_message, references
 
 # stop at the end of the trajectory, and where a 135M optimizer starts copying the prompt's own
 # fields (" | correct: ...", " (score 0.0)") into an argument
@@ -74,6 +74,32 @@ def build_prompt(task: dict, observed_answers: list[dict], exemplars: list[dict]
     parts = [header(api_descriptions)] + [exemplar_text(e) + "\n" for e in exemplars]
     parts.append(_block(task["name"], task["category"], examples) + "\n")
     return "\n".join(parts)
+
+
+def argument_quality(trajectories: list[dict], tasks: list[dict]) -> dict:
+    """How useful the optimizer's arguments can be, over the parsed calls of `trajectories`.
+
+    - `copies_reference`: the share that contain an observed example's reference: data about
+      one example's answer cannot help a held-out question;
+    - `span_of_task`: the share that are a span of the task's name or observed inputs;
+    - `distinct`: how many different arguments there are.
+    """
+    by_id = {t["id"]: t for t in tasks}
+    args, copies, spans = [], 0, 0
+    for r in trajectories:
+        task = by_id.get(r["task_id"])
+        if task is None or "parse_error" in r:
+            continue
+        refs = [ref.lower() for e in task["observed"] for ref in references(e["reference"]) if len(ref.strip()) >= 2]
+        text = " ".join([task["name"]] + [last_message(e["input"]) for e in task["observed"]]).lower()
+        for call in r["calls"]:
+            arg = " ".join(call["arg"].lower().split())
+            args.append(arg)
+            copies += any(ref in arg for ref in refs)
+            spans += arg in " ".join(text.split())
+    n = max(1, len(args))
+    return {"arguments": len(args), "copies_reference": round(copies / n, 4), "span_of_task": round(spans / n, 4),
+            "distinct": len(set(args))}
 
 
 def error_kind(error: str) -> str:

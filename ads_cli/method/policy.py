@@ -1,32 +1,66 @@
-"""The policy: answering a task's examples, and scoring those answers with the task's metric."""
+"""The policy: its prompt (the context layout), its answers, and their scores in two lenses.
+
+- the **metric** lens: the policy answers (greedy) and the task's metric scores the answer;
+- the **likelihood** lens: the teacher-forced log-probability of the reference, the best over
+  the example's references, in bits per UTF-8 byte of the reference (lm-evaluation-harness's
+  bits per byte, negated so that higher is better). It does not depend on the tokenizer, and it
+  sees the small effects of data that the metric of a 135M policy cannot.
+"""
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from ..cache import call_key
 from ..engine import lora
 from ..engine.base import Generation, Model
 from ..progress import log
 from .metrics import score
-from .tasks import last_message
+from .tasks import last_message, references
+
+BITS = 1 / math.log(2)
 
 
-def example_messages(example_input: Any, context: str = "") -> list[dict]:
-    """An example's input as chat messages; `context` (collected data) goes in front of it."""
-    messages = [{"role": "user", "content": example_input}] if isinstance(example_input, str) else [dict(m) for m in example_input]
-    if context:
-        messages.insert(0, {"role": "system", "content": f"Use this information if it helps.\n{context}"})
-    return messages
+def example_messages(example_input: Any, context: str = "", demonstrations: Sequence[dict] = ()) -> list[dict]:
+    """The policy's prompt for one example: the context layout, in one place.
+
+    1. `context`, the collected data, first, in a system message;
+    2. `demonstrations` (examples of the task, `{input, reference}`) as user/assistant turns,
+       nearest the question;
+    3. the example's own messages.
+    Measured on 24 knowledge tasks with the 3 observed examples as demonstrations: passages
+    placed between the demonstrations and the question lowered the reference likelihood
+    (-0.40 [-0.68, -0.16]); placed before them, retrieval on the task's name raised it
+    (+0.34 [+0.17, +0.52]).
+    """
+    messages = [{"role": "system", "content": f"Use this information if it helps.\n{context}"}] if context else []
+    for demo in demonstrations:
+        messages += [{"role": "user", "content": last_message(demo["input"])},
+                     {"role": "assistant", "content": references(demo["reference"])[0]}]
+    own = [{"role": "user", "content": example_input}] if isinstance(example_input, str) else [dict(m) for m in example_input]
+    return messages + own
 
 
-def answer_examples(model: Model, tasks: list[dict], split: str, max_new_tokens: int, desc: str) -> dict[str, list[dict]]:
-    """task id -> [{answer, score, tokens}] for each example of `split` ("observed" or "heldout")."""
+def demonstrations(task: dict, fewshot: bool) -> list[dict]:
+    """The demonstrations of the policy's prompt: the task's observed examples when `fewshot`."""
+    return list(task["observed"]) if fewshot else []
+
+
+def answer_examples(model: Model, tasks: list[dict], split: str, max_new_tokens: int, desc: str,
+                    fewshot: bool = False) -> dict[str, list[dict]]:
+    """task id -> [{answer, score, tokens}] for each example of `split` ("observed" or "heldout").
+
+    With `fewshot`, the observed examples are demonstrations in the prompt; so only for the
+    held-out split (an example must not be its own demonstration)."""
+    if fewshot and split != "heldout":
+        raise ValueError("the observed examples demonstrate only for the held-out ones")
     prompts, where = [], []
     for task in tasks:
+        demos = demonstrations(task, fewshot)
         for j, example in enumerate(task[split]):
-            prompts.append(example_messages(example["input"]))
+            prompts.append(example_messages(example["input"], "", demos))
             where.append((task, j))
     gens: list[Generation] = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc) if prompts else []
     out: dict[str, list[dict]] = {t["id"]: [] for t in tasks}
@@ -85,16 +119,68 @@ def build_context(task: dict, items: list[dict], budget_tokens: int, count_token
     return "\n\n".join(chosen)
 
 
-def score_with_context(model: Model, task: dict, context: str | list[str], max_new_tokens: int, split: str = "heldout", desc: str = "score") -> list[dict]:
-    """The policy answers `split` with `context` in its prompt; returns [{answer, score, tokens}].
+def _prompts(task: dict, context: str | list[str], fewshot: bool) -> list[list[dict]]:
+    examples = task["heldout"]
+    contexts = context if isinstance(context, list) else [context] * len(examples)
+    demos = demonstrations(task, fewshot)
+    return [example_messages(e["input"], c, demos) for e, c in zip(examples, contexts)]
+
+
+def score_with_context(model: Model, task: dict, context: str | list[str], max_new_tokens: int, desc: str = "score",
+                       fewshot: bool = False) -> list[dict]:
+    """Metric lens: the policy answers the held-out examples with `context` in its prompt;
+    returns [{answer, score, tokens}].
 
     One context for all examples (their prompts then share a prefix), or one per example.
     """
-    examples = task[split]
-    contexts = context if isinstance(context, list) else [context] * len(examples)
-    prompts = [example_messages(e["input"], c) for e, c in zip(examples, contexts)]
-    gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
-    return [scored(task["metric"], g, e["reference"]) for e, g in zip(examples, gens)]
+    gens = model.generate(_prompts(task, context, fewshot), max_new_tokens=max_new_tokens, desc=desc)
+    return [scored(task["metric"], g, e["reference"]) for e, g in zip(task["heldout"], gens)]
+
+
+def _likelihood_pairs(model: Model, task: dict, context: str | list[str], fewshot: bool):
+    pairs, owners = [], []
+    for j, (example, messages) in enumerate(zip(task["heldout"], _prompts(task, context, fewshot))):
+        prompt = model.render(messages)
+        for ref in references(example["reference"]):
+            if ref:
+                pairs.append((prompt, ref))
+                owners.append((j, len(ref.encode("utf-8"))))
+    return pairs, owners
+
+
+def likelihood_scores(model: Model, task: dict, context: str | list[str], desc: str = "likelihood",
+                      fewshot: bool = False) -> list[float]:
+    """Likelihood lens: per held-out example, the best over its references of log2 p(reference |
+    prompt) per UTF-8 byte of the reference. The prompts of one context share a prefix whose KV
+    cache the engine computes once. An example without a non-empty reference scores 0."""
+    pairs, owners = _likelihood_pairs(model, task, context, fewshot)
+    values = model.loglikelihood(pairs, desc=desc) if pairs else []
+    best = [-math.inf] * len(task["heldout"])
+    for (j, n_bytes), value in zip(owners, values):
+        best[j] = max(best[j], value * BITS / n_bytes)
+    return [round(b, 6) if b > -math.inf else 0.0 for b in best]
+
+
+def score_lenses(model: Model, task: dict, context: str | list[str], max_new_tokens: int, desc: str,
+                 fewshot: bool) -> dict[str, list]:
+    """Both lenses on the held-out examples: {"metric": [score], "likelihood": [score], "answers": [text]}."""
+    answers = score_with_context(model, task, context, max_new_tokens, desc=desc, fewshot=fewshot)
+    return {"metric": [a["score"] for a in answers], "likelihood": likelihood_scores(model, task, context, desc, fewshot),
+            "answers": [a["answer"] for a in answers]}
+
+
+def score_update(policy: Model, task: dict, items: list[dict], params: dict, desc: str) -> tuple[dict[str, list], float | None]:
+    """The policy after the update with `items`, in both lenses, and the LoRA seconds (None for icl).
+
+    `train.update: icl` puts the items into the prompt (under `train.context_tokens`);
+    `lora` fine-tunes a fresh adapter on them. `train.fewshot` keeps the observed examples as
+    demonstrations either way.
+    """
+    t, max_tokens = params["train"], params["lm"]["max_new_tokens"]
+    if t["update"] == "lora":
+        return score_after_lora(policy, task, items, params)
+    context = build_context(task, items, t["context_tokens"], policy.count_tokens)
+    return score_lenses(policy, task, context, max_tokens, desc, t["fewshot"]), None
 
 
 def item_pairs(policy: Model, items: list[dict]) -> list[tuple[str, str]]:
@@ -103,22 +189,22 @@ def item_pairs(policy: Model, items: list[dict]) -> list[tuple[str, str]]:
     pairs = []
     for item in items:
         if item.get("kind") == "demonstration":
-            pairs.append((policy.payload(item["instruction"], True), item["response"]))
+            pairs.append((policy.render(item["instruction"]), item["response"]))
         elif item.get("kind") == "qa":
-            pairs.append((policy.payload(item["question"], True), item["answer"]))
+            pairs.append((policy.render(item["question"]), item["answer"]))
         else:
             pairs.append(("", item_text(item)))
     return pairs
 
 
-def score_after_lora(policy: Model, task: dict, items: list[dict], params: dict) -> tuple[list[dict], float]:
-    """The `lora` update: fine-tune a fresh adapter on `items`, answer the held-out examples,
-    remove the adapter. Returns (scored answers, seconds of fine-tuning; 0 when cached)."""
-    max_tokens = params["lm"]["max_new_tokens"]
+def score_after_lora(policy: Model, task: dict, items: list[dict], params: dict) -> tuple[dict[str, list], float]:
+    """The `lora` update: fine-tune a fresh adapter on `items`, score the held-out examples in
+    both lenses, remove the adapter. Returns (lenses, seconds of fine-tuning; 0 when cached)."""
+    max_tokens, fewshot = params["lm"]["max_new_tokens"], params["train"]["fewshot"]
     tuned = lora.renamed(policy, call_key("lora", policy.model_id, [item_text(i) for i in items], params["train"]))
-    if tuned.all_cached([example_messages(e["input"]) for e in task["heldout"]], max_tokens):
-        return score_with_context(tuned, task, "", max_tokens), 0.0  # this adapter answered before
-    scored, seconds = lora.with_fresh_adapter(policy, params["train"], item_pairs(policy, items), tuned.model_id,
-                                              lambda model: score_with_context(model, task, "", max_tokens, desc="train: policy after LoRA"))
+    if tuned.all_cached(_prompts(task, "", fewshot), max_tokens) and tuned.all_scored(_likelihood_pairs(tuned, task, "", fewshot)[0]):
+        return score_lenses(tuned, task, "", max_tokens, "train: policy after LoRA", fewshot), 0.0  # this adapter answered before
+    lenses, seconds = lora.with_fresh_adapter(policy, params["train"], item_pairs(policy, items), tuned.model_id,
+                                              lambda model: score_lenses(model, task, "", max_tokens, "train: policy after LoRA", fewshot))
     log.info("lora: %s, %d items, %.1fs", task["id"], len(items), seconds)
-    return scored, seconds
+    return lenses, seconds

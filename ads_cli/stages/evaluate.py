@@ -1,21 +1,25 @@
-"""`ads evaluate`: ADS against baselines on test tasks it never trained on, at a known cost.
+"""`ads evaluate`: ADS against baselines on test tasks it never trained on, in two lenses, at a known cost.
 
-Per test task, on the same held-out examples in one run:
+Per test task, on the same held-out examples in one run, each method is scored in the metric
+lens (the policy answers; the task's metric) and the likelihood lens (log2 p of the references
+per byte), with the policy's prompt laid out as in training (`train.fewshot`):
 - `ads`: the final optimizer writes one trajectory (greedy) from the observed examples; it is
   executed and the policy answers with the collected data;
-- baselines: `no_data`; `random` (random APIs, the same number of calls as `ads`, arguments
-  drawn from the task's observed questions); `retrieve_only`, `demonstrate_only`,
-  `answer_only` (that API alone, the task's first observed question as the argument);
-  `iter0` (the seed-exemplar optimizer, before any training);
+- `no_data`: the policy's default prompt with no collected data (with `train.fewshot` this
+  is few-shot); `zero_shot`: the bare question; `fewshot`: the observed examples as
+  demonstrations, at cost 0 (what every practitioner tries first);
+- `random` (random APIs, the same number of calls as `ads`, arguments drawn from the task's
+  observed questions); `random_docs` (as many random corpus passages as one retrieval returns,
+  under the same token budget: the control for "any context at all");
+  `retrieve_only`, `demonstrate_only`, `answer_only` (that API alone, the task's first observed
+  question as the argument); `iter0` (the seed-exemplar optimizer, before any training);
 - a reference point, labelled as such and never a baseline to beat: `reference_retrieval`,
   retrieval with each held-out question itself.
-Statistics are paired by task: win/tie/loss (tie within `evaluate.tie_epsilon`), mean score
-difference with a bootstrap 95% CI, and a per-category breakdown.
+Statistics are paired by task (method/evaluation.py).
 """
 
 from __future__ import annotations
 
-import collections
 import random
 import time
 from pathlib import Path
@@ -27,14 +31,15 @@ from ..errors import AdsError
 from ..jsonl import read_json, read_jsonl, write_json, write_text
 from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
-from ..method.policy import answer_examples, build_context, score_with_context
-from ..method.stats import mean, paired_summary
+from ..method.evaluation import REFERENCE, report, summarize
+from ..method.policy import answer_examples, build_context, score_lenses
+from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..paths import Paths
 from ..progress import log, track
 
-METHODS = ["ads", "no_data", "random", "retrieve_only", "demonstrate_only", "answer_only", "iter0"]
-REFERENCE = "reference_retrieval"
+# methods scored from a trajectory's collected data
+TRAJECTORY_METHODS = ["ads", "random", "retrieve_only", "demonstrate_only", "answer_only", "iter0"]
 
 
 def trained_optimizer(params: dict, paths: Paths):
@@ -60,9 +65,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     apis = registry(ctx)
     builtin = ["retrieve", "demonstrate", "answer"]
     policy = load_role(params, "policy", paths)
-    max_tokens = params["lm"]["max_new_tokens"]
+    max_tokens, fewshot, budget = params["lm"]["max_new_tokens"], params["train"]["fewshot"], params["train"]["context_tokens"]
     observed_answers = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
-    no_data = answer_examples(policy, tasks, "heldout", max_tokens, "evaluate: no-data baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
     greedy_one = dict(n_trajectories=1, temperature=0.0)
@@ -88,21 +92,33 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                                       params["execute"]["journal_every"], fingerprint(params), "evaluate: calls",
                                       max_cost=params["execute"]["max_cost"])
 
+    docs = read_jsonl(paths.require(paths.docs, "ads prepare"))
     task_results, failed = [], []
     with track("evaluate: score", total=len(tasks)) as progress:
         for task in tasks:
             tid = task["id"]
             try:
-                methods = {"no_data": {"score": mean([x["score"] for x in no_data[tid]]), "cost": 0.0, "calls": []}}
-                for method in METHODS:
-                    if method == "no_data":
-                        continue
+                def scored(context: str | list[str], method: str, demos: bool = fewshot) -> dict:
+                    lenses = score_lenses(policy, task, context, max_tokens, f"evaluate: {method}", demos)
+                    return {"score": mean(lenses["metric"]), "likelihood": mean(lenses["likelihood"])}
+
+                no_data = scored("", "no data")
+                methods = {"no_data": no_data | {"cost": 0.0, "calls": []},
+                           "zero_shot": scored("", "zero-shot", demos=False) | {"cost": 0.0, "calls": []},
+                           "fewshot": scored("", "few-shot", demos=True) | {"cost": 0.0, "calls": []}}
+                for method in TRAJECTORY_METHODS:
                     ex = assemble(trajectories[(tid, method)], call_results)
-                    context = build_context(task, ex["items"], params["train"]["context_tokens"], policy.count_tokens)
-                    scored = score_with_context(policy, task, context, max_tokens, desc=f"evaluate: {method}") if context else no_data[tid]
-                    methods[method] = {"score": mean([x["score"] for x in scored]), "cost": ex["cost"],
-                                       "calls": trajectories[(tid, method)]["calls"], "errors": ex["errors"]}
-                methods[REFERENCE] = reference_retrieval(policy, task, apis["retrieve"], params)
+                    context = build_context(task, ex["items"], budget, policy.count_tokens)
+                    methods[method] = (scored(context, method) if context else dict(no_data)) | {
+                        "cost": ex["cost"], "calls": trajectories[(tid, method)]["calls"], "errors": ex["errors"]}
+                drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
+                methods["random_docs"] = scored(build_context(task, drawn, budget, policy.count_tokens), "random docs") | {
+                    "cost": 0.0, "calls": [], "docs": [d["doc_id"] for d in drawn]}
+                results = [apis["retrieve"](last_message(x["input"])[:300]) for x in task["heldout"]]
+                contexts = [build_context(dict(task, observed=[x]), r.items, budget, policy.count_tokens)
+                            for x, r in zip(task["heldout"], results)]
+                methods[REFERENCE] = scored(contexts, "reference") | {"cost": mean([r.cost for r in results]), "calls": [],
+                                                                      "reference": True}
             except AdsError:
                 raise
             except Exception as exc:  # one broken task is reported, the others still count
@@ -119,15 +135,19 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 "parse_error": ads[tid].get("parse_error"), "methods": methods,
             })
 
-    summary = summarize(task_results, e["tie_epsilon"], e["seed"])
+    lenses = {lens: summarize(task_results, lens, e["tie_epsilon"], e["seed"]) for lens in ("metric", "likelihood")}
+    summary = lenses["metric"]  # the top level keeps the metric lens, as before the likelihood lens existed
+    layout = ("collected data first, then the task's observed examples as demonstrations, then the question" if fewshot
+              else "collected data first, then the question")
     evaluation = {"total_tasks": len(tasks), "completed_tasks": len(task_results), "failed_tasks": len(failed),
-                  "failures": failed, "final_iteration": final, "metrics": summary, "task_results": task_results,
-                  "cost_unit": "tokens read + generated, plus apis.retrieval_price per retrieval"}
+                  "failures": failed, "final_iteration": final, "metrics": summary, "lenses": lenses, "layout": layout,
+                  "task_results": task_results, "cost_unit": "tokens read + generated, plus apis.retrieval_price per retrieval"}
     write_json(paths.evaluation, evaluation)
-    write_json(paths.metrics, {k: v for k, v in summary.items() if not isinstance(v, dict)}
-               | {f"vs_{m}": {k: summary["vs"][m][k] for k in ("win_rate", "mean_diff")} for m in summary["vs"]})
-    write_json(paths.plot_scores, [{"method": m, "score": summary["methods"][m]["score"], "cost": summary["methods"][m]["cost"]}
-                                                   for m in summary["methods"]])
+    write_json(paths.metrics, {lens: {k: v for k, v in s.items() if not isinstance(v, dict)}
+                               | {f"vs_{m}": {k: s["vs"][m][k] for k in ("win_rate", "mean_diff")} for m in s["vs"]}
+                               for lens, s in lenses.items()})
+    write_json(paths.plot_scores, [{"method": m, "lens": lens, "score": s["methods"][m]["score"], "cost": s["methods"][m]["cost"]}
+                                   for lens, s in lenses.items() for m in s["methods"]])
     write_text(paths.report, report(evaluation))
     # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
     run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
@@ -136,58 +156,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     return evaluation | {"run": run_info}
 
 
-def reference_retrieval(policy, task: dict, retrieve, params: dict) -> dict:
-    """Reference point: each held-out question retrieves its own passages (uses held-out inputs)."""
-    results = [retrieve(last_message(e["input"])[:300]) for e in task["heldout"]]
-    contexts = [build_context(dict(task, observed=[e]), r.items, params["train"]["context_tokens"], policy.count_tokens)
-                for e, r in zip(task["heldout"], results)]
-    scored = score_with_context(policy, task, contexts, params["lm"]["max_new_tokens"], desc="evaluate: reference")
-    return {"score": mean([x["score"] for x in scored]), "cost": mean([r.cost for r in results]), "calls": [], "reference": True}
-
-
-def summarize(task_results: list[dict], epsilon: float, seed: int) -> dict:
-    methods = METHODS + [REFERENCE]
-    per_method = {m: {"score": round(mean([t["methods"][m]["score"] for t in task_results]), 6),
-                      "cost": round(mean([t["methods"][m]["cost"] for t in task_results]), 3)} for m in methods}
-    ads_scores = [t["methods"]["ads"]["score"] for t in task_results]
-    vs = {m: paired_summary(ads_scores, [t["methods"][m]["score"] for t in task_results], epsilon, seed) for m in methods if m != "ads"}
-    rows_by_category = collections.defaultdict(list)
-    for t in task_results:
-        rows_by_category[t["category"]].append(t)
-    by_category = {cat: {"tasks": len(rows)} | {m: round(mean([t["methods"][m]["score"] for t in rows]), 4) for m in methods}
-                   for cat, rows in sorted(rows_by_category.items())}
-    return {
-        "win_rate": vs["no_data"]["win_rate"], "tie_rate": vs["no_data"]["tie_rate"], "loss_rate": vs["no_data"]["loss_rate"],
-        "avg_score": per_method["ads"]["score"], "avg_baseline_score": per_method["no_data"]["score"],
-        "avg_cost": per_method["ads"]["cost"], "mean_diff_vs_no_data": vs["no_data"]["mean_diff"],
-        "ci95_vs_no_data": vs["no_data"]["ci95"], "parse_failures": sum(bool(t["parse_error"]) for t in task_results),
-        "methods": per_method, "vs": vs, "by_category": by_category,
-    }
-
-
-def report(evaluation: dict) -> str:
-    s = evaluation["metrics"]
-    lines = [
-        "# ADS evaluation", "",
-        f"{evaluation['completed_tasks']} of {evaluation['total_tasks']} test tasks completed ({evaluation['failed_tasks']} failed);"
-        f" optimizer after iteration {evaluation['final_iteration']}. Scores are means over held-out examples, then over tasks;"
-        f" cost is the data-collection cost per task ({evaluation['cost_unit']}).", "",
-        "| method | mean score | mean cost | ADS win / tie / loss | ADS − method (95% CI) |",
-        "|---|---|---|---|---|",
-    ]
-    for m, v in s["methods"].items():
-        label = f"{m} (reference, uses held-out questions)" if m == REFERENCE else m
-        if m == "ads":
-            lines.append(f"| **{label}** | {v['score']:.3f} | {v['cost']:.0f} | | |")
-        else:
-            c = s["vs"][m]
-            lines.append(f"| {label} | {v['score']:.3f} | {v['cost']:.0f} | {c['win_rate']:.0%} / {c['tie_rate']:.0%} / {c['loss_rate']:.0%}"
-                         f" | {c['mean_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] |")
-    lines += ["", "## By category", "", "| category | tasks | " + " | ".join(s["methods"]) + " |", "|---|---|" + "---|" * len(s["methods"])]
-    for cat, row in s["by_category"].items():
-        lines.append(f"| {cat} | {row['tasks']} | " + " | ".join(f"{row[m]:.3f}" for m in s["methods"]) + " |")
-    lines += ["", "## ADS trajectories", "", "| task | metric | calls | no data | ADS |", "|---|---|---|---|---|"]
-    for t in evaluation["task_results"]:
-        calls = "; ".join(f"{c['api']}: {c['arg'][:40]}" for c in t["trajectory"]) or ("parse error" if t["parse_error"] else "none")
-        lines.append(f"| {t['task']} | {t['metric']} | {calls.replace('|', '/')} | {t['baseline_score']:.3f} | {t['score']:.3f} |")
-    return "\n".join(lines) + "\n"
+def random_docs(docs: list[dict], k: int, seed: str) -> list[dict]:
+    """`k` corpus passages drawn at random (seeded per task): the control for "any context at all"."""
+    rng = random.Random(seed)
+    return [{"kind": "passage", "doc_id": d["id"], "title": d["title"], "text": d["text"]} for d in rng.sample(docs, min(k, len(docs)))]

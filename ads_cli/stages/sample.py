@@ -9,7 +9,7 @@ from ..apis import registry
 from ..engine.roles import load_role
 from ..jsonl import write_json, write_jsonl
 from ..method.calls import api_context
-from ..method.optimizer import error_kind, load_optimizer, propose
+from ..method.optimizer import argument_quality, error_kind, load_optimizer, propose
 from ..method.policy import answer_examples
 from ..method.tasks import load_tasks
 from ..paths import Paths
@@ -41,6 +41,7 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
             "parse_rate": round(len(parsed) / len(records), 4),
             "empty_trajectories": sum(not r["calls"] for r in parsed),
             "api_mix": dict(collections.Counter(c["api"] for r in parsed for c in r["calls"])),
+            "argument_quality": argument_quality(records, tasks),
             "parse_errors": dict(collections.Counter(error_kind(r["parse_error"]) for r in records if "parse_error" in r)),
             "baseline_observed_score": round(sum(b["score"] for v in observed_answers.values() for b in v)
                                              / max(1, sum(len(v) for v in observed_answers.values())), 4),

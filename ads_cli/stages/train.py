@@ -25,13 +25,30 @@ from ..errors import AdsError
 from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from ..method.calls import validate_execution
 from ..method.optimizer import exemplar_from, format_calls, load_exemplars
-from ..method.policy import answer_examples, build_context, score_after_lora, score_with_context
-from ..method.reward import preference_pairs, reward, select_best
-from ..method.stats import mean, paired_summary
+from ..method.policy import answer_examples, score_lenses, score_update
+from ..method.reward import clears_noise, gains, preference_pairs, reward, select_best
+from ..method.stats import bootstrap_ci, mean, paired_summary
 from ..method.tasks import load_tasks
 from ..paths import Paths
 from ..progress import log, track
 from . import execute, sample
+
+
+def reward_row(execution: dict, trajectory: dict, lenses: dict, no_data: dict, t: dict) -> dict:
+    """One rewards.jsonl row: the gain in both lenses, the reward in the lens `train.reward`
+    names, and whether the gain cleared the noise."""
+    per_lens = {lens: gains(lenses[lens], no_data[lens]) for lens in ("metric", "likelihood")}
+    lens = t["reward"]
+    gain = mean(per_lens[lens])
+    row = {"trajectory_id": execution["trajectory_id"], "task_id": execution["task_id"], "calls": trajectory.get("calls", []),
+           "lens": lens, "score": mean(lenses[lens]), "baseline": mean(no_data[lens]), "gain": gain,
+           "scores": lenses[lens], "metric_gain": mean(per_lens["metric"]), "likelihood_gain": mean(per_lens["likelihood"]),
+           "metric_scores": lenses["metric"], "likelihood_scores": lenses["likelihood"],
+           "accepted": clears_noise(per_lens[lens], t["seed"]), "cost": execution["cost"],
+           "reward": reward(gain, execution["cost"], t["lambda"], t["cost_scale"]), "n_items": len(execution["items"])}
+    if "parse_error" in trajectory:
+        row["parse_error"] = trajectory["parse_error"]
+    return row
 
 
 def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
@@ -48,8 +65,8 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     executions = read_jsonl(exec_path, validate_execution)
     policy = load_role(params, "policy", paths)
     max_tokens = params["lm"]["max_new_tokens"]
-    no_data_answers = answer_examples(policy, list(tasks.values()), "heldout", max_tokens, "train: no-data baseline")
     observed_answers = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
+    no_data = {tid: score_lenses(policy, task, "", max_tokens, "train: no-data baseline", t["fewshot"]) for tid, task in tasks.items()}
 
     rows, lora_seconds = [], {}
     with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
@@ -57,26 +74,12 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             task = tasks.get(ex["task_id"])
             if task is None:
                 raise AdsError(f"{exec_path}: task {ex['task_id']!r} is not in {paths.tasks_train}; rerun `ads sample`")
-            base = no_data_answers[task["id"]]
-            if ex["items"]:
-                if t["update"] == "lora":
-                    per_example, seconds = score_after_lora(policy, task, ex["items"], params)
-                else:
-                    context = build_context(task, ex["items"], t["context_tokens"], policy.count_tokens)
-                    per_example, seconds = score_with_context(policy, task, context, max_tokens, desc="train: policy + data"), None
-            else:
-                per_example, seconds = base, None
-            s, b = mean([e["score"] for e in per_example]), mean([e["score"] for e in base])
+            base = no_data[task["id"]]
+            lenses, seconds = score_update(policy, task, ex["items"], params, "train: policy + data") if ex["items"] else (base, None)
             traj = trajectories.get(ex["trajectory_id"], {})
-            row = {"trajectory_id": ex["trajectory_id"], "task_id": task["id"], "calls": traj.get("calls", []),
-                   "score": s, "baseline": b, "gain": s - b, "cost": ex["cost"],
-                   "reward": reward(s - b, ex["cost"], t["lambda"], t["cost_scale"]),
-                   "scores": [e["score"] for e in per_example], "n_items": len(ex["items"])}
-            if "parse_error" in traj:
-                row["parse_error"] = traj["parse_error"]
+            rows.append(reward_row(ex, traj, lenses, base, t))
             if seconds is not None:
                 lora_seconds[ex["trajectory_id"]] = round(seconds, 2)
-            rows.append(row)
             progress.step()
     write_jsonl(paths.rewards(iteration), rows)
 
@@ -107,15 +110,23 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             sft_seconds = train_optimizer_sft(t, optimizer, pairs, paths.optimizer_lora(iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
+    task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())}
     metrics = {
         "iteration": iteration,
+        "lens": t["reward"],
         "mean_reward": round(mean([r["reward"] for r in rows]), 6),
         "mean_gain": round(mean([r["gain"] for r in rows]), 6),
+        "mean_metric_gain": round(mean([r["metric_gain"] for r in rows]), 6),
+        "mean_likelihood_gain": round(mean([r["likelihood_gain"] for r in rows]), 6),
+        # over tasks: is the iteration's data helping the policy, beyond the noise of 16 tasks?
+        "likelihood_gain_ci95": bootstrap_ci(list(task_likelihood_gains.values()), t["seed"]),
+        "accepted": sum(r["accepted"] for r in rows),
         "mean_cost": round(mean([r["cost"] for r in rows]), 3),
         "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in rows]), 4),
         "api_mix": dict(collections.Counter(c["api"] for r in rows for c in r["calls"])),
         "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
         "task_rewards": task_rewards,
+        "task_likelihood_gains": task_likelihood_gains,
     }
     write_json(paths.train_manifest(iteration), {"stage": "train", "params": t, "metrics": metrics})
     run_info = {"cache": policy.cache.stats(), "lora_seconds": lora_seconds,
@@ -134,13 +145,15 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     summary: dict = {"iterations": len(per_iter)}
     if per_iter:
         last = per_iter[-1]
-        summary |= {k: last[k] for k in ("mean_reward", "mean_gain", "mean_cost", "parse_rate")}
+        summary |= {k: last[k] for k in ("lens", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain",
+                                         "likelihood_gain_ci95", "accepted", "mean_cost", "parse_rate")}
     if len(per_iter) >= 2:
         a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
         common = sorted(set(a) & set(b))
         cmp = paired_summary([a[k] for k in common], [b[k] for k in common], params["train"]["tie_epsilon"], params["train"]["seed"])
         summary["last_vs_previous"] = {"from": per_iter[-2]["iteration"], "to": per_iter[-1]["iteration"]} | cmp
-    plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_cost", "parse_rate")}
+    plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain", "mean_cost",
+                               "parse_rate")}
             | {f"api_{api}": n for api, n in sorted(m["api_mix"].items())} for m in per_iter]
     write_json(paths.train_metrics, summary)
     write_json(paths.train_plot, plot)

@@ -52,6 +52,10 @@ class FakeModel(Model):
     def payload(self, prompt, chat):
         return shape_prompt(prompt, chat)
 
+    def render(self, prompt, chat=True):
+        shaped = shape_prompt(prompt, chat)
+        return shaped if not chat else "".join(f"{m['role']}: {m['content']}\n" for m in shaped) + "assistant: "
+
     def _generate(self, requests, decoding, progress):
         for r in requests:
             if self.delay:

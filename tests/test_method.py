@@ -1,0 +1,99 @@
+"""The learning signal: the policy's prompt layout, likelihood scores per byte, the acceptance
+rule of rejection sampling, seed exemplars that can transfer, and argument quality."""
+
+import math
+
+import pytest
+
+from ads_cli.cache import CallCache
+from ads_cli.method.optimizer import argument_quality, seed_exemplars
+from ads_cli.method.policy import example_messages, likelihood_scores
+from ads_cli.method.reward import clears_noise, gains, select_best
+from ads_cli.method.tasks import references
+from ads_fake_backend import FakeModel
+
+
+def test_layout_puts_data_first_then_demonstrations_then_the_question():
+    demos = [{"input": "What is 2 + 2?", "reference": ["4", "four"]},
+             {"input": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 + 3?"}], "reference": "6"}]
+    messages = example_messages([{"role": "system", "content": "Answer with a number."}, {"role": "user", "content": "5 + 5?"}],
+                                "Addition is arithmetic.", demos)
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("system", "Use this information if it helps.\nAddition is arithmetic."),
+        ("user", "What is 2 + 2?"), ("assistant", "4"),
+        ("user", "What is 3 + 3?"), ("assistant", "6"),  # a demonstration is its question, not its system prompt
+        ("system", "Answer with a number."), ("user", "5 + 5?"),
+    ]
+    # no data and no demonstrations: the prompt is the example itself, as before the layout existed
+    assert example_messages("5 + 5?") == [{"role": "user", "content": "5 + 5?"}]
+
+
+class RecordingFake(FakeModel):
+    """The fake model, remembering the pairs it scored."""
+
+    def __init__(self):
+        super().__init__(CallCache(None))
+        self.scored = []
+
+    def _loglikelihood(self, pairs, progress):
+        for index, value in super()._loglikelihood(pairs, progress):
+            self.scored.append((pairs[[p.index for p in pairs].index(index)], value))
+            yield index, value
+
+
+def test_likelihood_is_the_best_reference_in_log2_per_utf8_byte():
+    model = RecordingFake()
+    task = {"id": "t", "observed": [], "metric": "exact",
+            "heldout": [{"input": "Name the city.", "reference": ["Zürich", "Bern"]}, {"input": "Say hi.", "reference": "hi"}]}
+    scores = likelihood_scores(model, task, "Bern is the capital. Zürich is larger.")
+    by_ref = {pair.continuation: value for pair, value in model.scored}
+    assert set(by_ref) == {"Zürich", "Bern", "hi"}
+    # by hand: nats -> bits, divided by the UTF-8 bytes of the reference ("Zürich" is 7 bytes, not 6)
+    zurich, bern = by_ref["Zürich"] / math.log(2) / 7, by_ref["Bern"] / math.log(2) / 4
+    assert scores[0] == pytest.approx(max(zurich, bern), abs=1e-6)
+    assert scores[1] == pytest.approx(by_ref["hi"] / math.log(2) / 2, abs=1e-6)
+    assert len("Zürich".encode()) == 7
+
+
+def test_acceptance_needs_a_gain_that_clears_the_noise():
+    assert gains([0.5, 0.2], [0.25, 0.25]) == [0.25, -0.05]
+    assert clears_noise([0.1, 0.2, 0.15, 0.1, 0.3, 0.12, 0.2, 0.1])  # every example better
+    assert not clears_noise([0.9, 0, 0, 0, 0, 0, 0, 0])  # one lucky example: a resample loses it
+    assert not clears_noise([0.3, -0.3, 0.2, -0.25, 0.1, -0.1, 0.05, 0.0])  # noise around 0
+    assert not clears_noise([-0.1] * 8) and not clears_noise([0.2])
+
+
+def _row(tid, reward, accepted=True, cost=10.0):
+    return {"trajectory_id": tid, "task_id": "t", "calls": [{"api": "retrieve", "arg": tid}], "reward": reward, "cost": cost,
+            "accepted": accepted}
+
+
+def test_rejection_sampling_keeps_only_accepted_trajectories():
+    best = select_best([_row("t#1.0", 0.9, accepted=False), _row("t#1.1", 0.2)], 0.0)
+    assert best["trajectory_id"] == "t#1.1"  # the larger reward was noise
+    best = select_best([_row("t#1.0", 0.9, accepted=False)], 0.0)
+    assert best["calls"] == [] and best["reward"] == 0.0  # collecting nothing stays a valid outcome
+
+
+def test_seed_exemplars_ask_for_task_level_data_never_an_observed_answer():
+    seeds = seed_exemplars()
+    assert len(seeds) >= 4 and all(s["seed"] for s in seeds)
+    assert {c["api"] for s in seeds for c in s["calls"]} == {"retrieve", "demonstrate", "answer"}
+    assert any(not s["calls"] for s in seeds)  # one shows that collecting nothing is right
+    for s in seeds:
+        for call in s["calls"]:
+            for ref in references(s["reference"]):
+                assert ref.lower() not in call["arg"].lower(), (s["task"], call)
+            # a task-level request, not the example's own question or entity
+            assert call["arg"].lower() not in s["example"].lower(), (s["task"], call)
+
+
+def test_argument_quality():
+    tasks = [{"id": "t", "name": "world capitals", "observed": [{"input": "What is the capital of Kenya?", "reference": "Nairobi"}]}]
+    trajectories = [
+        {"task_id": "t", "calls": [{"api": "retrieve", "arg": "Nairobi"}, {"api": "retrieve", "arg": "capital of  Kenya"}]},
+        {"task_id": "t", "calls": [{"api": "demonstrate", "arg": "capital cities"}, {"api": "retrieve", "arg": "Nairobi"}]},
+        {"task_id": "t", "calls": [], "parse_error": "not a call"},
+    ]
+    assert argument_quality(trajectories, tasks) == {"arguments": 4, "copies_reference": 0.5, "span_of_task": 0.25,
+                                                     "distinct": 3}
