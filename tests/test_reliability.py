@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ads_cli.cli import app
-from ads_cli.jsonl import read_json
 from conftest import REPO
 
 runner = CliRunner()
