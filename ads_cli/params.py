@@ -116,6 +116,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
     },
     "evaluate": {
+        "likelihood": True,
         "tie_epsilon": 0.05,
         "seed": 0,
     },

@@ -21,6 +21,7 @@ from ads_cli.errors import AdsError
 from ads_cli.method.calls import read_journal, run_calls
 from ads_cli.engine.grammar import LineGrammar
 from ads_cli.engine.openai import OpenAIModel
+from ads_cli.method.policy import require_likelihood
 
 
 def completion(text: str, prompt_tokens: int = 7, completion_tokens: int = 3, chat: bool = True) -> dict:
@@ -251,6 +252,10 @@ def test_loglikelihood_refuses_missing_or_shifted_logprobs(server, tmp_path):
     server.rule = shifted
     with pytest.raises(AdsError, match="shifted by one token"):
         backend(server.url, tmp_path / "other").loglikelihood([("The sky is", " blue")])
+    # a stage that needs the likelihood lens stops before any work, saying what to set instead
+    with pytest.raises(AdsError, match=r"train.reward=likelihood needs the likelihood lens.*shifted by one token.*"
+                                       r"Set lm.policy_backend=local, or .*train.reward=metric, evaluate.likelihood=false"):
+        require_likelihood(backend(server.url, tmp_path / "third"), "train.reward=likelihood")
 
 
 def test_failed_server_requests_are_not_journaled(tmp_path):

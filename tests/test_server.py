@@ -101,7 +101,8 @@ def served_params(base_url: str, **extra) -> list[str]:
     for role in ("policy", "optimizer"):
         sets += [f"lm.{role}_backend=openai", f"openai_{role}.base_url={base_url}", f"openai_{role}.max_retries=1",
                  f"openai_{role}.backoff=0.05", f"openai_{role}.extra_body={orjson.dumps(LOCAL_SAMPLING).decode()}"]
-    sets.append("openai_optimizer.grammar=true")
+    # llama-cpp-python's prompt logprobs are shifted by one token: the metric lens only
+    sets += ["openai_optimizer.grammar=true", "train.reward=metric", "evaluate.likelihood=false"]
     return sets + [f"{k}={v}" for k, v in extra.items()]
 
 
@@ -130,6 +131,16 @@ def test_seeded_sampling_repeats_and_the_grammar_holds(llama_server, tmp_path):
         for line in g.text.split("\n"):
             assert line.split(":")[0] + (":" if ":" in line else "") in ("retrieve:", "answer:", "none", "end", ""), g.text
         assert parse_trajectory(g.text, {"retrieve", "answer"}, 3)[1] is None or g.completion_tokens == 24
+
+
+def test_a_stage_needing_likelihoods_stops_before_any_work_on_llama_cpp(llama_server, tmp_path, monkeypatch):
+    small_project(tmp_path, monkeypatch)
+    sets = [x for s in served_params(llama_server, **{"train.reward": "likelihood"}) for x in ("--set", s)]
+    result = runner.invoke(app, ["train", "--iter", "1", *sets])
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1 and "shifted by one token" in lines[0] and "Set lm.policy_backend=local" in lines[0]
+    assert not (tmp_path / "data" / "iter_1" / "trajectories.jsonl").exists()  # no work was done
 
 
 def test_llama_cpp_prompt_logprobs_are_refused_with_the_reason(llama_server, tmp_path):

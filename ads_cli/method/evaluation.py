@@ -78,6 +78,7 @@ def report(evaluation: dict) -> str:
     for t in evaluation["task_results"]:
         calls = "; ".join(f"{c['api']}: {c['arg'][:40]}" for c in t["trajectory"]) or ("parse error" if t["parse_error"] else "none")
         m = t["methods"]
+        likelihood = [f"{m[x]['likelihood']:.3f}" if "likelihood" in m[x] else "—" for x in ("no_data", "ads")]
         lines.append(f"| {t['task']} | {t['metric']} | {calls.replace('|', '/')} | {m['no_data']['score']:.3f} | {m['ads']['score']:.3f}"
-                     f" | {m['no_data']['likelihood']:.3f} | {m['ads']['likelihood']:.3f} |")
+                     f" | {likelihood[0]} | {likelihood[1]} |")
     return "\n".join(lines) + "\n"

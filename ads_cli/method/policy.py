@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from ..cache import call_key
 from ..engine import lora
 from ..engine.base import Generation, Model
+from ..errors import AdsError
 from ..progress import log
 from .metrics import score
 from .tasks import last_message, references
@@ -161,12 +162,26 @@ def likelihood_scores(model: Model, task: dict, context: str | list[str], desc: 
     return [round(b, 6) if b > -math.inf else 0.0 for b in best]
 
 
+def require_likelihood(policy: Model, needed_by: str) -> None:
+    """Stop before any work when the policy cannot score likelihoods (a server without correct
+    prompt logprobs), saying what to set instead."""
+    try:
+        policy.loglikelihood([(policy.render("Name the capital of France."), "Paris")], desc="likelihood check")
+    except AdsError as e:
+        raise AdsError(f"{needed_by} needs the likelihood lens, and the policy cannot score it: {e}."
+                       f" Set lm.policy_backend=local, or score in the metric lens only (train.reward=metric,"
+                       f" evaluate.likelihood=false)") from None
+
+
 def score_lenses(model: Model, task: dict, context: str | list[str], max_new_tokens: int, desc: str,
-                 fewshot: bool) -> dict[str, list]:
-    """Both lenses on the held-out examples: {"metric": [score], "likelihood": [score], "answers": [text]}."""
+                 fewshot: bool, likelihood: bool = True) -> dict[str, list]:
+    """The lenses on the held-out examples: {"metric": [score], "likelihood": [score] (if
+    `likelihood`), "answers": [text]}."""
     answers = score_with_context(model, task, context, max_new_tokens, desc=desc, fewshot=fewshot)
-    return {"metric": [a["score"] for a in answers], "likelihood": likelihood_scores(model, task, context, desc, fewshot),
-            "answers": [a["answer"] for a in answers]}
+    lenses = {"metric": [a["score"] for a in answers], "answers": [a["answer"] for a in answers]}
+    if likelihood:
+        lenses["likelihood"] = likelihood_scores(model, task, context, desc, fewshot)
+    return lenses
 
 
 def score_update(policy: Model, task: dict, items: list[dict], params: dict, desc: str) -> tuple[dict[str, list], float | None]:
@@ -180,7 +195,7 @@ def score_update(policy: Model, task: dict, items: list[dict], params: dict, des
     if t["update"] == "lora":
         return score_after_lora(policy, task, items, params)
     context = build_context(task, items, t["context_tokens"], policy.count_tokens)
-    return score_lenses(policy, task, context, max_tokens, desc, t["fewshot"]), None
+    return score_lenses(policy, task, context, max_tokens, desc, t["fewshot"], t["reward"] == "likelihood"), None
 
 
 def item_pairs(policy: Model, items: list[dict]) -> list[tuple[str, str]]:
@@ -202,9 +217,11 @@ def score_after_lora(policy: Model, task: dict, items: list[dict], params: dict)
     both lenses, remove the adapter. Returns (lenses, seconds of fine-tuning; 0 when cached)."""
     max_tokens, fewshot = params["lm"]["max_new_tokens"], params["train"]["fewshot"]
     tuned = lora.renamed(policy, call_key("lora", policy.model_id, [item_text(i) for i in items], params["train"]))
+    likelihood = params["train"]["reward"] == "likelihood"
     if tuned.all_cached(_prompts(task, "", fewshot), max_tokens) and tuned.all_scored(_likelihood_pairs(tuned, task, "", fewshot)[0]):
-        return score_lenses(tuned, task, "", max_tokens, "train: policy after LoRA", fewshot), 0.0  # this adapter answered before
+        return score_lenses(tuned, task, "", max_tokens, "train: policy after LoRA", fewshot, likelihood), 0.0  # answered before
     lenses, seconds = lora.with_fresh_adapter(policy, params["train"], item_pairs(policy, items), tuned.model_id,
-                                              lambda model: score_lenses(model, task, "", max_tokens, "train: policy after LoRA", fewshot))
+                                              lambda model: score_lenses(model, task, "", max_tokens, "train: policy after LoRA",
+                                                                         fewshot, likelihood))
     log.info("lora: %s, %d items, %.1fs", task["id"], len(items), seconds)
     return lenses, seconds

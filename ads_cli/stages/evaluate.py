@@ -32,7 +32,7 @@ from ..jsonl import read_json, read_jsonl, write_json, write_text
 from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
 from ..method.evaluation import REFERENCE, report, summarize
-from ..method.policy import answer_examples, build_context, score_lenses
+from ..method.policy import answer_examples, build_context, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..paths import Paths
@@ -66,6 +66,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     builtin = ["retrieve", "demonstrate", "answer"]
     policy = load_role(params, "policy", paths)
     max_tokens, fewshot, budget = params["lm"]["max_new_tokens"], params["train"]["fewshot"], params["train"]["context_tokens"]
+    if e["likelihood"]:
+        require_likelihood(policy, "evaluate.likelihood=true")
     observed_answers = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
@@ -99,8 +101,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
             tid = task["id"]
             try:
                 def scored(context: str | list[str], method: str, demos: bool = fewshot) -> dict:
-                    lenses = score_lenses(policy, task, context, max_tokens, f"evaluate: {method}", demos)
-                    return {"score": mean(lenses["metric"]), "likelihood": mean(lenses["likelihood"])}
+                    lenses = score_lenses(policy, task, context, max_tokens, f"evaluate: {method}", demos, e["likelihood"])
+                    return {"score": mean(lenses["metric"])} | ({"likelihood": mean(lenses["likelihood"])} if e["likelihood"] else {})
 
                 no_data = scored("", "no data")
                 methods = {"no_data": no_data | {"cost": 0.0, "calls": []},
@@ -135,7 +137,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 "parse_error": ads[tid].get("parse_error"), "methods": methods,
             })
 
-    lenses = {lens: summarize(task_results, lens, e["tie_epsilon"], e["seed"]) for lens in ("metric", "likelihood")}
+    lenses = {lens: summarize(task_results, lens, e["tie_epsilon"], e["seed"])
+              for lens in ("metric", "likelihood") if lens == "metric" or e["likelihood"]}
     summary = lenses["metric"]  # the top level keeps the metric lens, as before the likelihood lens existed
     layout = ("collected data first, then the task's observed examples as demonstrations, then the question" if fewshot
               else "collected data first, then the question")

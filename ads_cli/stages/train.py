@@ -25,7 +25,7 @@ from ..errors import AdsError
 from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from ..method.calls import validate_execution
 from ..method.optimizer import exemplar_from, format_calls, load_exemplars
-from ..method.policy import answer_examples, score_lenses, score_update
+from ..method.policy import answer_examples, require_likelihood, score_lenses, score_update
 from ..method.reward import clears_noise, gains, preference_pairs, reward, select_best
 from ..method.stats import bootstrap_ci, mean, paired_summary
 from ..method.tasks import load_tasks
@@ -37,15 +37,15 @@ from . import execute, sample
 def reward_row(execution: dict, trajectory: dict, lenses: dict, no_data: dict, t: dict) -> dict:
     """One rewards.jsonl row: the gain in both lenses, the reward in the lens `train.reward`
     names, and whether the gain cleared the noise."""
-    per_lens = {lens: gains(lenses[lens], no_data[lens]) for lens in ("metric", "likelihood")}
+    scored = [lens for lens in ("metric", "likelihood") if lens in lenses]
+    per_lens = {lens: gains(lenses[lens], no_data[lens]) for lens in scored}
     lens = t["reward"]
     gain = mean(per_lens[lens])
     row = {"trajectory_id": execution["trajectory_id"], "task_id": execution["task_id"], "calls": trajectory.get("calls", []),
-           "lens": lens, "score": mean(lenses[lens]), "baseline": mean(no_data[lens]), "gain": gain,
-           "scores": lenses[lens], "metric_gain": mean(per_lens["metric"]), "likelihood_gain": mean(per_lens["likelihood"]),
-           "metric_scores": lenses["metric"], "likelihood_scores": lenses["likelihood"],
-           "accepted": clears_noise(per_lens[lens], t["seed"]), "cost": execution["cost"],
-           "reward": reward(gain, execution["cost"], t["lambda"], t["cost_scale"]), "n_items": len(execution["items"])}
+           "lens": lens, "score": mean(lenses[lens]), "baseline": mean(no_data[lens]), "gain": gain, "scores": lenses[lens]}
+    row |= {f"{x}_gain": mean(per_lens[x]) for x in scored} | {f"{x}_scores": lenses[x] for x in scored}
+    row |= {"accepted": clears_noise(per_lens[lens], t["seed"]), "cost": execution["cost"],
+            "reward": reward(gain, execution["cost"], t["lambda"], t["cost_scale"]), "n_items": len(execution["items"])}
     if "parse_error" in trajectory:
         row["parse_error"] = trajectory["parse_error"]
     return row
@@ -64,9 +64,13 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     exec_path = paths.require(paths.executions(iteration), f"ads execute --iter {iteration}")
     executions = read_jsonl(exec_path, validate_execution)
     policy = load_role(params, "policy", paths)
+    likelihood = t["reward"] == "likelihood"
+    if likelihood:
+        require_likelihood(policy, "train.reward=likelihood")
     max_tokens = params["lm"]["max_new_tokens"]
     observed_answers = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
-    no_data = {tid: score_lenses(policy, task, "", max_tokens, "train: no-data baseline", t["fewshot"]) for tid, task in tasks.items()}
+    no_data = {tid: score_lenses(policy, task, "", max_tokens, "train: no-data baseline", t["fewshot"], likelihood)
+               for tid, task in tasks.items()}
 
     rows, lora_seconds = [], {}
     with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
@@ -110,16 +114,17 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             sft_seconds = train_optimizer_sft(t, optimizer, pairs, paths.optimizer_lora(iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
-    task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())}
+    likelihood = all("likelihood_gain" in r for r in rows)  # scored in that lens (train.reward=likelihood)
+    task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())} if likelihood else None
     metrics = {
         "iteration": iteration,
         "lens": t["reward"],
         "mean_reward": round(mean([r["reward"] for r in rows]), 6),
         "mean_gain": round(mean([r["gain"] for r in rows]), 6),
         "mean_metric_gain": round(mean([r["metric_gain"] for r in rows]), 6),
-        "mean_likelihood_gain": round(mean([r["likelihood_gain"] for r in rows]), 6),
+        "mean_likelihood_gain": round(mean([r["likelihood_gain"] for r in rows]), 6) if likelihood else None,
         # over tasks: is the iteration's data helping the policy, beyond the noise of 16 tasks?
-        "likelihood_gain_ci95": bootstrap_ci(list(task_likelihood_gains.values()), t["seed"]),
+        "likelihood_gain_ci95": bootstrap_ci(list(task_likelihood_gains.values()), t["seed"]) if likelihood else None,
         "accepted": sum(r["accepted"] for r in rows),
         "mean_cost": round(mean([r["cost"] for r in rows]), 3),
         "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in rows]), 4),
@@ -176,6 +181,8 @@ def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
     if n < 1:
         raise AdsError(f"--iter must be >= 1, got {n}")
     started = time.monotonic()
+    if params["train"]["reward"] == "likelihood":  # before any work: a served policy may not give prompt logprobs
+        require_likelihood(load_role(params, "policy", paths), "train.reward=likelihood")
     measured = []
     for k in range(1, n + 1):
         log.info("train: iteration %d/%d", k, n)
