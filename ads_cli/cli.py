@@ -120,7 +120,7 @@ def search(
     """Query the index; print the top hits, one JSON object per line. Reads: data/index/."""
     from .stages import index as stage_mod
 
-    with stage("search", params, set_, verbose) as (_, paths):
+    with stage("search", params, set_, verbose, writes=False) as (_, paths):
         for hit in stage_mod.search(query, k, paths):
             sys.stdout.write(orjson.dumps(hit).decode() + "\n")
 
