@@ -113,11 +113,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lora_batch": 8,
         "lora_max_tokens": 64,
         "tie_epsilon": 0.05,
+        "tie_epsilon_likelihood": 0.02,
         "seed": 0,
     },
     "evaluate": {
         "likelihood": True,
         "tie_epsilon": 0.05,
+        "tie_epsilon_likelihood": 0.02,
         "seed": 0,
     },
 }
@@ -184,8 +186,9 @@ def validate(params: dict) -> dict:
         if t[key] <= 0:
             raise AdsError(f"params: train.{key} must be > 0, got {t[key]}")
     _check_positive(params, "train", "lambda", 0)
-    _check_positive(params, "train", "tie_epsilon", 0)
-    _check_positive(params, "evaluate", "tie_epsilon", 0)
+    for section in ("train", "evaluate"):
+        for key in ("tie_epsilon", "tie_epsilon_likelihood"):
+            _check_positive(params, section, key, 0)
     for key in ("n_trajectories", "max_calls", "max_new_tokens"):
         _check_positive(params, "sample", key)
     _check_positive(params, "sample", "n_exemplars", 0)
@@ -193,6 +196,12 @@ def validate(params: dict) -> dict:
     _check_positive(params, "lm", "temperature", 0)
     _validate_backends(params)
     return params
+
+
+def tie_epsilon(section: dict, lens: str) -> float:
+    """The tie margin of a section (train or evaluate) in one lens: the lenses have different
+    units (the metric is 0 to 1, the likelihood in bits per byte)."""
+    return section["tie_epsilon_likelihood"] if lens == "likelihood" else section["tie_epsilon"]
 
 
 def backend_names() -> tuple[str, ...]:

@@ -88,6 +88,10 @@ def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "bad.jsonl")])
     assert result.exit_code == 2 and re.search(r"bad.jsonl:1: field 'name' must be a str", result.output)
+    blank = dict(mine[0], heldout=mine[0]["heldout"][:1] + [{"input": "Anything?", "reference": ["", " "]}])
+    write_jsonl(tmp_path / "blank.jsonl", [mine[0], blank])
+    result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "blank.jsonl")])  # nothing to score it against
+    assert result.exit_code == 2 and re.search(r"blank.jsonl:2: every heldout example needs a non-empty reference", result.output)
 
 
 def test_evaluate_needs_a_trained_optimizer(project, user_files):

@@ -181,3 +181,19 @@ def test_loglikelihood_with_a_shared_prefix_matches_a_hand_computation(model, mo
         assert value == pytest.approx(by_hand, abs=2e-3), continuation
     blue_sky, green_sky = values[0], values[1]
     assert blue_sky > green_sky  # and the numbers make sense
+
+
+def test_a_resumed_scoring_call_matches_the_uninterrupted_one_exactly(model, tmp_path, monkeypatch):
+    """Floating-point results depend on the batch and the shared prefix: a rerun that finds part
+    of a call in the cache must score the rest in the same batches, so the values are identical."""
+    from ads_cli.engine.base import loglik_key
+    from ads_cli.method.policy import example_messages
+
+    passages = "Context: " + " ".join(f"Fact {i}: rivers flow to the sea." for i in range(12))
+    pairs = [(model.render(example_messages(q, passages)), ref) for q in QUESTIONS for ref in ("Paris", "the sea")]
+    monkeypatch.setattr(model, "batch_size", 3)
+    first = model.loglikelihood(pairs)
+    model.cache = CallCache(tmp_path / "resumed.sqlite")
+    for (context, continuation), value in list(zip(pairs, first))[:3]:  # the first batch was stored before a kill
+        model.cache.put(loglik_key(model.model_id, context, continuation), value)
+    assert model.loglikelihood(pairs) == first

@@ -6,9 +6,12 @@ import math
 import pytest
 
 from ads_cli.cache import CallCache
+from ads_cli.engine.base import loglik_key
+from ads_cli.method.evaluation import METHODS, REFERENCE, summarize
 from ads_cli.method.optimizer import argument_quality, seed_exemplars
-from ads_cli.method.policy import example_messages, likelihood_scores
-from ads_cli.method.reward import clears_noise, gains, select_best
+from ads_cli.method.policy import answer_observed, example_messages, likelihood_scores
+from ads_cli.method.reward import clears_noise, gains, keeps_earlier, select_best
+from ads_cli.params import tie_epsilon
 from ads_cli.method.tasks import references
 from ads_fake_backend import FakeModel
 
@@ -97,3 +100,92 @@ def test_argument_quality():
     ]
     assert argument_quality(trajectories, tasks) == {"arguments": 4, "copies_reference": 0.5, "span_of_task": 0.25,
                                                      "distinct": 3}
+
+
+class BatchSensitiveFake(FakeModel):
+    """Scores that depend on which pairs are computed together, as floating-point batches do."""
+
+    def __init__(self, cache):
+        super().__init__(cache)
+        self.calls = []
+
+    def _loglikelihood(self, pairs, progress):
+        self.calls.append([(p.continuation, p.needed) for p in pairs])
+        for index, value in super()._loglikelihood(pairs, progress):
+            yield index, value + 1e-3 * len(pairs)
+
+
+def test_a_resumed_scoring_call_gives_the_values_of_an_uninterrupted_one(tmp_path):
+    pairs = [("The sky is blue.", f" answer {k}") for k in range(5)]
+    first = BatchSensitiveFake(CallCache(tmp_path / "a.sqlite")).loglikelihood(pairs)
+    # a run killed after storing two values: the rerun scores the rest in the call's own batches
+    resumed_cache = CallCache(tmp_path / "b.sqlite")
+    scorer = BatchSensitiveFake(resumed_cache)
+    for (context, continuation), value in list(zip(pairs, first))[:2]:
+        resumed_cache.put(loglik_key(scorer.model_id, context, continuation), value)
+    assert scorer.loglikelihood(pairs) == first
+    assert scorer.calls == [[(c, k >= 2) for k, (_, c) in enumerate(pairs)]]  # all pairs seen, two not needed
+    assert scorer.loglikelihood(pairs) == first and len(scorer.calls) == 1  # then all from the cache
+
+
+def test_the_optimizer_sees_the_policy_the_reward_scores():
+    """With the few-shot layout, each observed example is answered with the other observed ones
+    as demonstrations: never with itself."""
+    model = RecordingChat()
+    task = {"id": "t", "metric": "exact", "heldout": [],
+            "observed": [{"input": f"Question {k}?", "reference": f"Answer {k}"} for k in range(3)]}
+    params = {"train": {"fewshot": True}, "lm": {"max_new_tokens": 8}}
+    answers = answer_observed(model, [task], params, "observed")
+    assert len(answers["t"]) == 3
+    for k, messages in enumerate(model.prompts):
+        shown = [m["content"] for m in messages if m["role"] == "assistant"]
+        assert shown == [f"Answer {j}" for j in range(3) if j != k] and messages[-1]["content"] == f"Question {k}?"
+    model.prompts.clear()
+    answer_observed(model, [task], {"train": {"fewshot": False}, "lm": {"max_new_tokens": 8}}, "observed")
+    assert [len(m) for m in model.prompts] == [1, 1, 1]  # zero-shot layout: the bare question
+
+
+class RecordingChat(FakeModel):
+    def __init__(self):
+        super().__init__(CallCache(None))
+        self.prompts = []
+
+    def _generate(self, requests, decoding, progress):
+        self.prompts += [r.payload for r in requests]
+        yield from super()._generate(requests, decoding, progress)
+
+
+def test_a_task_keeps_an_earlier_exemplar_that_did_better():
+    earlier = {"calls": [{"api": "retrieve", "arg": "capital cities"}], "reward": 0.12, "trajectory_id": "t#1.2"}
+    nothing = {"trajectory_id": None, "calls": [], "reward": 0.0}
+    assert keeps_earlier(earlier, nothing)  # iteration 2 found nothing that cleared the noise
+    assert not keeps_earlier(earlier, {"trajectory_id": "t#2.0", "calls": earlier["calls"], "reward": 0.2})
+    assert not keeps_earlier(None, nothing) and not keeps_earlier({"calls": [], "reward": 0.0}, nothing)
+
+
+def test_ties_are_judged_in_each_lens_own_unit():
+    section = {"tie_epsilon": 0.05, "tie_epsilon_likelihood": 0.02}
+    assert tie_epsilon(section, "metric") == 0.05 and tie_epsilon(section, "likelihood") == 0.02
+    results = [{"category": "c", "parse_error": None, "methods": {m: {"score": 0.5, "likelihood": -1.0, "cost": 0.0}
+                                                                  for m in METHODS + [REFERENCE]}} for _ in range(4)]
+    for r in results:
+        r["methods"]["ads"]["likelihood"] = -0.97  # +0.03 bits per byte: beyond the likelihood lens's margin
+    assert summarize(results, "likelihood", tie_epsilon(section, "likelihood"), 0)["vs"]["no_data"]["win_rate"] == 1.0
+    assert summarize(results, "likelihood", tie_epsilon(section, "metric"), 0)["vs"]["no_data"]["tie_rate"] == 1.0
+
+
+def test_lora_adapters_start_from_the_seed():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ads_cli.engine.lora import fresh_peft_model
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=32)
+    train = {"lora_r": 4, "seed": 7}
+    starts = []
+    for _ in range(2):
+        model = fresh_peft_model(LlamaForCausalLM(config), train)
+        torch.manual_seed(123)  # whatever ran before, the adapter's start depends on the seed alone
+        starts.append({k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k})
+    assert starts[0] and all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])

@@ -315,3 +315,13 @@ def test_ads_serve_explains_what_is_missing(project, monkeypatch):
     monkeypatch.setattr(serve.importlib.util, "find_spec", lambda name: None)
     result = runner.invoke(app, ["serve"])
     assert result.exit_code == 2 and "pip install -e '.[server]'" in result.output, result.output
+
+
+def test_the_likelihood_check_passes_other_failures_through(server, tmp_path):
+    """An unreachable server is not "a policy that cannot score likelihoods": the check says what it is."""
+    b = backend(server.url, tmp_path, max_retries=0)
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    with pytest.raises(AdsError) as caught:
+        require_likelihood(b, "train.reward=likelihood")
+    assert "cannot reach" in str(caught.value) and "needs the likelihood lens" not in str(caught.value)

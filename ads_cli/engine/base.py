@@ -1,8 +1,9 @@
 """The model interface: every model call in ads goes through a `Model`.
 
 A backend (the local transformers engine, an OpenAI-compatible server, or a plugin registered
-under the entry-point group `ads.backends`) implements four small hooks: `model_id`,
-`count_tokens`, `payload` and the two uncached computations. `Model` itself owns what all
+under the entry-point group `ads.backends`) implements small hooks: `model_id`, `render`,
+`count_tokens`, `payload` and the two uncached computations (`TokenizerModel` gives `render`
+and `count_tokens` to a backend with a transformers tokenizer). `Model` itself owns what all
 backends share: the call-cache loop (look up, compute what is missing, store), prompt checks,
 cache keys and progress. So a cached answer is the same whichever backend wrote it, and a
 failed request (`Generation.error`) is never cached, whichever backend failed.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..cache import CallCache, call_key
 from ..errors import AdsError
@@ -71,12 +72,18 @@ class Request:
 
 @dataclass(frozen=True)
 class Scoring:
-    """One (context, continuation) pair that the cache did not answer."""
+    """One (context, continuation) pair of a `loglikelihood` call. `needed` is False when the
+    cache holds its value: a backend may skip it, but groups the pairs as if it were there."""
 
     index: int
     key: str
     context: str
     continuation: str
+    needed: bool = True
+
+
+class LikelihoodUnavailable(AdsError):
+    """The model cannot score likelihoods (a server without correct prompt logprobs)."""
 
 
 class Model(ABC):
@@ -115,7 +122,9 @@ class Model(ABC):
 
     @abstractmethod
     def _loglikelihood(self, pairs: list[Scoring], progress) -> Iterator[tuple[int, float]]:
-        """Score every pair; yield (pair.index, log-probability of the continuation)."""
+        """Score the pairs; yield (pair.index, log-probability of the continuation) for at least
+        every `needed` one. `pairs` are all the pairs of the call, in its order, so that a batch
+        is the same whatever the cache held: a value does not depend on what ran before."""
 
     # ------------------------------------------------------------ the shared cache loop
 
@@ -154,28 +163,46 @@ class Model(ABC):
 
     def all_scored(self, pairs: Sequence[tuple[str, str]]) -> bool:
         """True when `loglikelihood(pairs)` would be answered from the cache alone."""
-        return all(self.cache.peek(call_key("loglik", self.model_id, c, r)) for c, r in pairs)
+        return all(self.cache.peek(loglik_key(self.model_id, c, r)) for c, r in pairs)
 
     def loglikelihood(self, pairs: Sequence[tuple[str, str]], desc: str = "loglikelihood") -> list[float]:
-        """The summed log-probability of each continuation given its (already rendered) context."""
+        """The summed log-probability of each continuation given its (already rendered) context.
+
+        When any pair misses the cache, the backend sees all the pairs of the call (the cached
+        ones marked not `needed`), so it batches them the same way on a first run and on a
+        resumed one; only the missing values are computed and stored.
+        """
         results: list[float | None] = [None] * len(pairs)
-        todo: list[Scoring] = []
+        scorings: list[Scoring] = []
         for i, (context, continuation) in enumerate(pairs):
             if not continuation:
                 raise AdsError(f"pair {i + 1}: empty continuation")
-            key = call_key("loglik", self.model_id, context, continuation)
-            hit = self.cache.get(key)
-            if hit is not None:
-                results[i] = hit
-            else:
-                todo.append(Scoring(i, key, context, continuation))
+            key = loglik_key(self.model_id, context, continuation)
+            results[i] = self.cache.get(key)
+            scorings.append(Scoring(i, key, context, continuation, needed=results[i] is None))
+        todo = [s for s in scorings if s.needed]
         if todo:
-            keys = {s.index: s.key for s in todo}
             with track(desc, total=len(todo)) as progress:
-                for i, value in self._loglikelihood(todo, progress):
-                    self.cache.put(keys[i], value)
-                    results[i] = value
+                for i, value in self._loglikelihood(scorings, progress):
+                    if scorings[i].needed:
+                        self.cache.put(scorings[i].key, value)
+                        results[i] = value
         return results  # type: ignore[return-value]
+
+
+class TokenizerModel(Model):
+    """A model whose tokenizer (`tok`, a transformers tokenizer) is in this process: it renders
+    chat prompts with the tokenizer's chat template and counts tokens with it."""
+
+    tok: Any
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok(text, add_special_tokens=False).input_ids)
+
+    def render(self, prompt: Prompt, chat: bool = True) -> str:
+        """Chat prompts go through the tokenizer's chat template; `chat=False` is raw completion."""
+        shaped = shape_prompt(prompt, chat)
+        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
 
 
 # ------------------------------------------------------------ prompt helpers and keys
@@ -207,6 +234,11 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
         if cut >= 0:
             text = text[:cut]
     return text.strip()
+
+
+def loglik_key(model_id: str, context: str, continuation: str) -> str:
+    """The call-cache key of one (context, continuation) score."""
+    return call_key("loglik", model_id, context, continuation)
 
 
 def generation_key(model_id: str, payload, max_new_tokens: int, temperature: float, seed: int, stop: list[str],

@@ -15,9 +15,9 @@ import copy
 
 from ..cache import CallCache
 from ..progress import log
-from .base import Decoding, Generation, Model, Prompt, Request, Scoring, cut_at_stop, shape_prompt
+from .base import Decoding, Generation, Request, Scoring, TokenizerModel, cut_at_stop
 from .grammar import GrammarProcessor
-from .weights import _torch, count_tokens
+from .weights import _torch
 
 MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
 
@@ -42,7 +42,7 @@ class _SeededSampler:
         return forced
 
 
-class LocalModel(Model):
+class LocalModel(TokenizerModel):
     """A transformers causal LM in this process; `model_id` is its weights' hash."""
 
     def __init__(self, model, tokenizer, model_id: str, name: str, batch_size: int = 16, cache: CallCache | None = None):
@@ -68,15 +68,8 @@ class LocalModel(Model):
 
     # ------------------------------------------------------------ prompts
 
-    def render(self, prompt: Prompt, chat: bool = True) -> str:
-        """Chat prompts go through the tokenizer's chat template; `chat=False` is raw completion."""
-        shaped = shape_prompt(prompt, chat)
-        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
-
-    payload = render  # the cache key hashes the rendered text
-
-    def count_tokens(self, text: str) -> int:
-        return count_tokens(self.tok, text)
+    def payload(self, prompt, chat: bool) -> str:
+        return self.render(prompt, chat)  # the cache key hashes the rendered text
 
     def _encode(self, rendered: str, reserve: int) -> tuple[list[int], bool]:
         ids = self.tok(rendered, add_special_tokens=False).input_ids
@@ -111,11 +104,10 @@ class LocalModel(Model):
         """
         torch = _torch()
         max_new_tokens, temperature, stop, grammar = decoding.max_new_tokens, decoding.temperature, decoding.stop, decoding.grammar
-        width = max(len(ids) for ids in batch_ids)
         pad = self.tok.pad_token_id
-        prefix = list(prefix)
-        input_ids = torch.tensor([prefix + [pad] * (width - len(ids)) + ids for ids in batch_ids])
-        attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids])
+        own, attention = self._left_padded(len(prefix), batch_ids)
+        shared = torch.tensor(list(prefix), dtype=torch.long).reshape(1, -1).expand(len(batch_ids), -1)
+        input_ids = torch.cat([shared, own], 1)
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, top_p=None, top_k=None, temperature=None)
         processors = [GrammarProcessor(grammar, self.tok, input_ids.shape[1])] if grammar is not None else []
         if temperature > 0:  # after the grammar: it samples among the tokens the grammar allows
@@ -129,6 +121,17 @@ class LocalModel(Model):
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, **kwargs)
         return [self._decode(row[input_ids.shape[1]:], stop) for row in out]
+
+    def _left_padded(self, prefix_len: int, rows: list[list[int]]):
+        """The layout of a batch after a shared prefix of `prefix_len` tokens: each row's own
+        tokens left-padded to the longest, and the attention mask over prefix + padding + own
+        tokens (the padding masked out). Returns (own token ids, attention mask)."""
+        torch = _torch()
+        width = max(len(r) for r in rows)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+        attention = torch.tensor([[1] * prefix_len + [0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        return ids, attention
 
     def _decode(self, new_ids, stop) -> tuple[str, int]:
         tokens = new_ids.tolist()
@@ -148,7 +151,8 @@ class LocalModel(Model):
         data, then the question and its reference differ): that common token prefix is run
         once and every batch continues from a copy of its KV cache, as `generate` does. Rows
         are left-padded after the prefix, so that every continuation ends the row and only the
-        last logits are computed.
+        last logits are computed. The prefix and batches are laid out over all pairs of the
+        call; a batch without a `needed` pair is skipped.
         """
         torch = _torch()
         rows = {}
@@ -157,15 +161,14 @@ class LocalModel(Model):
             cont = self.tok(pair.continuation, add_special_tokens=False).input_ids
             ids = (ctx + cont)[-self.max_context:]
             rows[pair.index] = (ids, min(len(cont), len(ids) - 1))
-        order = sorted(rows, key=lambda i: -len(rows[i][0]))
+        needed = {p.index for p in pairs if p.needed}
+        order = sorted(rows, key=lambda i: (-len(rows[i][0]), i))
+        batches = [order[start: start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         prefix, prefix_cache = self._shared_prefix([rows[i][0] for i in order], [rows[i][1] + 1 for i in order])
-        pad = self.tok.pad_token_id
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start: start + self.batch_size]
-            suffixes = [rows[i][0][len(prefix):] for i in batch]
-            width = max(len(s) for s in suffixes)
-            input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes])
-            attention = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes])
+        for batch in batches:
+            if not needed.intersection(batch):
+                continue
+            input_ids, attention = self._left_padded(len(prefix), [rows[i][0][len(prefix):] for i in batch])
             positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, len(prefix):]
             keep = max(rows[i][1] for i in batch) + 1
             kwargs = {"cache": _copy_cache(prefix_cache, len(batch))} if prefix_cache is not None else {}
@@ -179,7 +182,7 @@ class LocalModel(Model):
                 # logit k of the kept ones predicts the token after input position width - keep + k
                 picked = logprobs[row, keep - n - 1: keep - 1].gather(-1, targets[:, None])
                 yield i, float(picked.sum())
-            progress.step(len(batch))
+            progress.step(len(needed.intersection(batch)))
 
     def _shared_prefix(self, seqs: list[list[int]], own: list[int]) -> tuple[list[int], object]:
         """The token prefix all `seqs` share, and its KV cache, when it is long enough to pay.
@@ -195,7 +198,8 @@ class LocalModel(Model):
         torch = _torch()
         prefix = seqs[0][:shared]
         with torch.inference_mode():
-            return prefix, self.model(input_ids=torch.tensor([prefix]), use_cache=True).cache
+            # only the KV cache is wanted: one position of logits, not the whole prefix's
+            return prefix, self.model(input_ids=torch.tensor([prefix]), use_cache=True, logits_to_keep=1).cache
 
 
 def _copy_cache(cache, rows: int):

@@ -20,6 +20,23 @@ from .local import LocalModel
 from .weights import _torch
 
 
+# the train settings a fine-tune depends on (its cache key hashes them, and only them)
+LORA_SETTINGS = ("lora_r", "lora_lr", "lora_steps", "lora_batch", "lora_max_tokens", "seed")
+
+
+def lora_settings(train: dict) -> dict:
+    return {k: train[k] for k in LORA_SETTINGS}
+
+
+def fresh_peft_model(model, train: dict):
+    """`model` with a new LoRA adapter, initialised from `train.seed` (the adapter's A matrices
+    are drawn at random: unseeded, two runs would fine-tune from different starts)."""
+    from peft import get_peft_model
+
+    _torch().manual_seed(train["seed"])
+    return get_peft_model(model, lora_config(train))
+
+
 def lora_config(train: dict):
     from peft import LoraConfig
 
@@ -81,9 +98,7 @@ def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]]
     and the optimizer may be the same weights), so the adapter is taken out again even when
     `use` raises.
     """
-    from peft import get_peft_model
-
-    peft_model = get_peft_model(lm.model, lora_config(train))
+    peft_model = fresh_peft_model(lm.model, train)
     try:
         seconds = finetune(peft_model, lm, pairs, train)
         tuned = renamed(lm, model_id)
@@ -95,11 +110,9 @@ def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]]
 
 def train_optimizer_sft(train: dict, optimizer: Model, pairs: list[tuple[str, str]], out: Path) -> float:
     """LoRA-tune a copy of the optimizer on (prompt -> best trajectory) pairs; save the adapter."""
-    from peft import get_peft_model
-
     if not isinstance(optimizer, LocalModel):
         raise AdsError("train.optimizer_update=sft fine-tunes the optimizer's weights, which needs lm.optimizer_backend=local")
-    peft_model = get_peft_model(copy.deepcopy(optimizer.model), lora_config(train))
+    peft_model = fresh_peft_model(copy.deepcopy(optimizer.model), train)
     seconds = finetune(peft_model, optimizer, pairs, train)
     peft_model.save_pretrained(out)
     return seconds

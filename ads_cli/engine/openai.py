@@ -33,8 +33,7 @@ import httpx
 from ..cache import CallCache, call_key
 from ..errors import AdsError
 from ..progress import log
-from .base import Decoding, Generation, Model, Prompt, Request, Scoring, cut_at_stop, shape_prompt
-from .weights import count_tokens
+from .base import Decoding, Generation, LikelihoodUnavailable, Prompt, Request, Scoring, TokenizerModel, cut_at_stop, shape_prompt
 
 RETRY_STATUS = frozenset({408, 409, 429})
 FATAL_STATUS = {401: "refused the API key", 403: "refused the API key", 404: "has no such endpoint or model"}
@@ -68,7 +67,7 @@ def _snippet(response: httpx.Response) -> str:
     return text[:160] + ("..." if len(text) > 160 else "")
 
 
-class OpenAIModel(Model):
+class OpenAIModel(TokenizerModel):
     """A model served over HTTP; `model_id` is the served model's name (plus `extra_body`)."""
 
     def __init__(self, settings: dict, section: str, cache: CallCache, tokenizer):
@@ -101,13 +100,6 @@ class OpenAIModel(Model):
     @property
     def model_id(self) -> str:
         return self._model_id
-
-    def count_tokens(self, text: str) -> int:
-        return count_tokens(self.tok, text)
-
-    def render(self, prompt: Prompt, chat: bool = True) -> str:
-        shaped = shape_prompt(prompt, chat)
-        return shaped if not chat else self.tok.apply_chat_template(shaped, add_generation_prompt=True, tokenize=False)
 
     def payload(self, prompt: Prompt, chat: bool) -> str | list[dict]:
         return shape_prompt(prompt, chat)
@@ -247,7 +239,9 @@ class OpenAIModel(Model):
     # ------------------------------------------------------------ scoring
 
     def _loglikelihood(self, pairs: list[Scoring], progress):
-        """Sums of log-probabilities of each continuation given its context, from prompt logprobs."""
+        """Sums of log-probabilities of each continuation given its context, from prompt logprobs.
+        Each pair is its own request, so the cached ones are not asked again."""
+        pairs = [p for p in pairs if p.needed]
         jobs = []
         for pair in pairs:
             body = {"prompt": pair.context + pair.continuation, "max_tokens": 1, "temperature": 0.0, "echo": True, "logprobs": 1}
@@ -255,7 +249,7 @@ class OpenAIModel(Model):
                          lambda data, c=pair.context, n=len(pair.continuation): _continuation_logprob(data, c, n)))
         for j, result in self._run(jobs, progress):
             if isinstance(result, RequestFailed):
-                raise AdsError(f"{self.section}: likelihood scoring needs prompt logprobs from {self.base_url}"
+                raise LikelihoodUnavailable(f"{self.section}: likelihood scoring needs prompt logprobs from {self.base_url}"
                                f" (/completions with echo and logprobs), and the request failed: {result}")
             yield pairs[j].index, result
 

@@ -121,10 +121,6 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0) -> 
     return model, tokenizer, digest
 
 
-def count_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False).input_ids)
-
-
 _TOKENIZERS: dict[str, Any] = {}
 
 

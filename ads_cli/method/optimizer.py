@@ -148,14 +148,16 @@ def select_exemplars(category: str, learned: list[dict], n: int) -> list[dict]:
     return chosen + seed_exemplars()[: n - len(chosen)]
 
 
-def exemplar_from(task: dict, observed_answers: list[dict], calls: list[dict], reward: float, iteration: int) -> dict:
-    """A learned exemplar in the seed exemplars' schema, from a task's best trajectory."""
+def exemplar_from(task: dict, observed_answers: list[dict], calls: list[dict], reward: float, iteration: int,
+                  trajectory_id: str | None = None) -> dict:
+    """A learned exemplar in the seed exemplars' schema, from a task's best trajectory (None:
+    the empty one)."""
     example = task["observed"][0]
     ref = example["reference"]
     return {"seed": False, "task": task["name"], "task_id": task["id"], "category": task["category"],
             "example": last_message(example["input"]), "reference": ref[0] if isinstance(ref, list) else ref,
             "policy_answer": observed_answers[0]["answer"], "score": observed_answers[0]["score"],
-            "calls": calls, "reward": reward, "iteration": iteration}
+            "calls": calls, "reward": reward, "iteration": iteration, "trajectory_id": trajectory_id}
 
 
 def load_exemplars(paths: Paths, iteration: int) -> list[dict]:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..cache import call_key
 from ..engine import lora
-from ..engine.base import Generation, Model
+from ..engine.base import Generation, LikelihoodUnavailable, Model
 from ..errors import AdsError
 from ..progress import log
 from .metrics import score
@@ -49,25 +49,23 @@ def demonstrations(task: dict, fewshot: bool) -> list[dict]:
     return list(task["observed"]) if fewshot else []
 
 
-def answer_examples(model: Model, tasks: list[dict], split: str, max_new_tokens: int, desc: str,
-                    fewshot: bool = False) -> dict[str, list[dict]]:
-    """task id -> [{answer, score, tokens}] for each example of `split` ("observed" or "heldout").
+def answer_observed(model: Model, tasks: list[dict], params: dict, desc: str) -> dict[str, list[dict]]:
+    """task id -> [{answer, score, tokens}] for each observed example, answered with no collected
+    data: the policy's self-knowledge that the optimizer reads.
 
-    With `fewshot`, the observed examples are demonstrations in the prompt; so only for the
-    held-out split (an example must not be its own demonstration)."""
-    if fewshot and split != "heldout":
-        raise ValueError("the observed examples demonstrate only for the held-out ones")
+    The prompt is the policy's default layout, so the optimizer sees the policy the reward
+    scores: with `train.fewshot` the other observed examples demonstrate (an example is never
+    its own demonstration: leave one out)."""
     prompts, where = [], []
     for task in tasks:
-        demos = demonstrations(task, fewshot)
-        for j, example in enumerate(task[split]):
-            prompts.append(example_messages(example["input"], "", demos))
+        demos = demonstrations(task, params["train"]["fewshot"])
+        for j, example in enumerate(task["observed"]):
+            prompts.append(example_messages(example["input"], "", [d for k, d in enumerate(demos) if k != j]))
             where.append((task, j))
-    gens: list[Generation] = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc) if prompts else []
+    gens: list[Generation] = model.generate(prompts, max_new_tokens=params["lm"]["max_new_tokens"], desc=desc) if prompts else []
     out: dict[str, list[dict]] = {t["id"]: [] for t in tasks}
     for (task, j), g in zip(where, gens):
-        ref = task[split][j]["reference"]
-        out[task["id"]].append(scored(task["metric"], g, ref))
+        out[task["id"]].append(scored(task["metric"], g, task["observed"][j]["reference"]))
     return out
 
 
@@ -153,13 +151,15 @@ def likelihood_scores(model: Model, task: dict, context: str | list[str], desc: 
                       fewshot: bool = False) -> list[float]:
     """Likelihood lens: per held-out example, the best over its references of log2 p(reference |
     prompt) per UTF-8 byte of the reference. The prompts of one context share a prefix whose KV
-    cache the engine computes once. An example without a non-empty reference scores 0."""
+    cache the engine computes once. Every example has a non-empty reference (`validate_task`)."""
     pairs, owners = _likelihood_pairs(model, task, context, fewshot)
     values = model.loglikelihood(pairs, desc=desc) if pairs else []
     best = [-math.inf] * len(task["heldout"])
     for (j, n_bytes), value in zip(owners, values):
         best[j] = max(best[j], value * BITS / n_bytes)
-    return [round(b, 6) if b > -math.inf else 0.0 for b in best]
+    if -math.inf in best:
+        raise AdsError(f"task {task['id']}: held-out example {best.index(-math.inf) + 1} has no non-empty reference to score")
+    return [round(b, 6) for b in best]
 
 
 def require_likelihood(policy: Model, needed_by: str) -> None:
@@ -167,7 +167,7 @@ def require_likelihood(policy: Model, needed_by: str) -> None:
     prompt logprobs), saying what to set instead."""
     try:
         policy.loglikelihood([(policy.render("Name the capital of France."), "Paris")], desc="likelihood check")
-    except AdsError as e:
+    except LikelihoodUnavailable as e:  # other errors (unreachable, key refused) say what they are themselves
         raise AdsError(f"{needed_by} needs the likelihood lens, and the policy cannot score it: {e}."
                        f" Set lm.policy_backend=local, or score in the metric lens only (train.reward=metric,"
                        f" evaluate.likelihood=false)") from None
@@ -216,9 +216,10 @@ def score_after_lora(policy: Model, task: dict, items: list[dict], params: dict)
     """The `lora` update: fine-tune a fresh adapter on `items`, score the held-out examples in
     both lenses, remove the adapter. Returns (lenses, seconds of fine-tuning; 0 when cached)."""
     max_tokens, fewshot = params["lm"]["max_new_tokens"], params["train"]["fewshot"]
-    tuned = lora.renamed(policy, call_key("lora", policy.model_id, [item_text(i) for i in items], params["train"]))
+    tuned = lora.renamed(policy, call_key("lora", policy.model_id, [item_text(i) for i in items], lora.lora_settings(params["train"])))
     likelihood = params["train"]["reward"] == "likelihood"
-    if tuned.all_cached(_prompts(task, "", fewshot), max_tokens) and tuned.all_scored(_likelihood_pairs(tuned, task, "", fewshot)[0]):
+    answered = tuned.all_cached(_prompts(task, "", fewshot), max_tokens)
+    if answered and (not likelihood or tuned.all_scored(_likelihood_pairs(tuned, task, "", fewshot)[0])):
         return score_lenses(tuned, task, "", max_tokens, "train: policy after LoRA", fewshot, likelihood), 0.0  # answered before
     lenses, seconds = lora.with_fresh_adapter(policy, params["train"], item_pairs(policy, items), tuned.model_id,
                                               lambda model: score_lenses(model, task, "", max_tokens, "train: policy after LoRA",

@@ -53,6 +53,14 @@ def select_best(rows: list[dict], min_reward: float) -> dict | None:
     return best if best["reward"] >= min_reward else None
 
 
+def keeps_earlier(earlier: dict | None, best: dict) -> bool:
+    """Whether a task keeps the exemplar an earlier iteration learned instead of this iteration's
+    best: when it collected something and its reward is at least as high. The policy and the
+    held-out examples are the same in every iteration, so the rewards compare; without this, an
+    iteration whose samples all fail the noise test would forget a trajectory that passed it."""
+    return earlier is not None and bool(earlier["calls"]) and earlier["reward"] >= best["reward"]
+
+
 def preference_pairs(rows: list[dict], prompt: str) -> dict | None:
     parsed = sorted((r for r in rows if "parse_error" not in r), key=lambda r: (-r["reward"], r["trajectory_id"]))
     if len(parsed) < 2 or parsed[0]["reward"] == parsed[-1]["reward"]:

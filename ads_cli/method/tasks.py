@@ -44,6 +44,8 @@ def validate_task(record: dict) -> str | None:
         for example in record[split]:
             if not isinstance(example, dict) or "input" not in example or "reference" not in example:
                 return f"every {split} example needs 'input' and 'reference'"
+            if not any(ref.strip() for ref in references(example["reference"])):
+                return f"every {split} example needs a non-empty reference"
     return None
 
 

@@ -32,9 +32,10 @@ from ..jsonl import read_json, read_jsonl, write_json, write_text
 from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
 from ..method.evaluation import REFERENCE, report, summarize
-from ..method.policy import answer_examples, build_context, require_likelihood, score_lenses
+from ..method.policy import answer_observed, build_context, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
+from ..params import tie_epsilon
 from ..paths import Paths
 from ..progress import log, track
 
@@ -68,7 +69,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     max_tokens, fewshot, budget = params["lm"]["max_new_tokens"], params["train"]["fewshot"], params["train"]["context_tokens"]
     if e["likelihood"]:
         require_likelihood(policy, "evaluate.likelihood=true")
-    observed_answers = answer_examples(policy, tasks, "observed", max_tokens, "evaluate: observed baseline")
+    observed_answers = answer_observed(policy, tasks, params, "evaluate: observed baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
     greedy_one = dict(n_trajectories=1, temperature=0.0)
@@ -137,7 +138,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 "parse_error": ads[tid].get("parse_error"), "methods": methods,
             })
 
-    lenses = {lens: summarize(task_results, lens, e["tie_epsilon"], e["seed"])
+    lenses = {lens: summarize(task_results, lens, tie_epsilon(e, lens), e["seed"])
               for lens in ("metric", "likelihood") if lens == "metric" or e["likelihood"]}
     summary = lenses["metric"]  # the top level keeps the metric lens, as before the likelihood lens existed
     layout = ("collected data first, then the task's observed examples as demonstrations, then the question" if fewshot

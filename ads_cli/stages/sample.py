@@ -10,7 +10,7 @@ from ..engine.roles import load_role
 from ..jsonl import write_json, write_jsonl
 from ..method.calls import api_context
 from ..method.optimizer import argument_quality, error_kind, load_optimizer, propose
-from ..method.policy import answer_examples
+from ..method.policy import answer_observed
 from ..method.tasks import load_tasks
 from ..paths import Paths
 from ..progress import log
@@ -24,7 +24,7 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
     policy = load_role(params, "policy", paths)
     optimizer, learned = load_optimizer(params, paths, iteration)
     # self-knowledge: the policy's own answers on the observed examples (the call cache keeps them)
-    observed_answers = answer_examples(policy, tasks, "observed", params["lm"]["max_new_tokens"], "sample: policy baseline")
+    observed_answers = answer_observed(policy, tasks, params, "sample: policy baseline")
     records = propose(optimizer, tasks, observed_answers, learned, apis, p, iteration=iteration,
                       n_trajectories=p["n_trajectories"], temperature=p["temperature"])
 

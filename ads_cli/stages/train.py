@@ -25,10 +25,11 @@ from ..errors import AdsError
 from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from ..method.calls import validate_execution
 from ..method.optimizer import exemplar_from, format_calls, load_exemplars
-from ..method.policy import answer_examples, require_likelihood, score_lenses, score_update
-from ..method.reward import clears_noise, gains, preference_pairs, reward, select_best
+from ..method.policy import answer_observed, require_likelihood, score_lenses, score_update
+from ..method.reward import clears_noise, gains, keeps_earlier, preference_pairs, reward, select_best
 from ..method.stats import bootstrap_ci, mean, paired_summary
 from ..method.tasks import load_tasks
+from ..params import tie_epsilon
 from ..paths import Paths
 from ..progress import log, track
 from . import execute, sample
@@ -64,11 +65,9 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     exec_path = paths.require(paths.executions(iteration), f"ads execute --iter {iteration}")
     executions = read_jsonl(exec_path, validate_execution)
     policy = load_role(params, "policy", paths)
-    likelihood = t["reward"] == "likelihood"
-    if likelihood:
-        require_likelihood(policy, "train.reward=likelihood")
+    likelihood = t["reward"] == "likelihood"  # `run` checked before any work that the policy can score it
     max_tokens = params["lm"]["max_new_tokens"]
-    observed_answers = answer_examples(policy, list(tasks.values()), "observed", max_tokens, "train: observed baseline")
+    observed_answers = answer_observed(policy, list(tasks.values()), params, "train: observed baseline")
     no_data = {tid: score_lenses(policy, task, "", max_tokens, "train: no-data baseline", t["fewshot"], likelihood)
                for tid, task in tasks.items()}
 
@@ -96,7 +95,12 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         task = tasks[task_id]
         best = select_best(by_task[task_id], t["min_reward"])
         if best is not None:
-            exemplars[task_id] = exemplar_from(task, observed_answers[task_id], best["calls"], best["reward"], iteration)
+            earlier = exemplars.get(task_id)
+            if keeps_earlier(earlier, best):
+                best = {"trajectory_id": earlier.get("trajectory_id"), "calls": earlier["calls"], "reward": earlier["reward"]}
+            else:
+                exemplars[task_id] = exemplar_from(task, observed_answers[task_id], best["calls"], best["reward"], iteration,
+                                                   best["trajectory_id"])
             best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"]})
         pair = preference_pairs(by_task[task_id], trajectories.get(by_task[task_id][0]["trajectory_id"], {}).get("prompt", ""))
         if pair:
@@ -114,7 +118,6 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             sft_seconds = train_optimizer_sft(t, optimizer, pairs, paths.optimizer_lora(iteration))
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
-    likelihood = all("likelihood_gain" in r for r in rows)  # scored in that lens (train.reward=likelihood)
     task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())} if likelihood else None
     metrics = {
         "iteration": iteration,
@@ -155,7 +158,8 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     if len(per_iter) >= 2:
         a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
         common = sorted(set(a) & set(b))
-        cmp = paired_summary([a[k] for k in common], [b[k] for k in common], params["train"]["tie_epsilon"], params["train"]["seed"])
+        t = params["train"]
+        cmp = paired_summary([a[k] for k in common], [b[k] for k in common], tie_epsilon(t, t["reward"]), t["seed"])
         summary["last_vs_previous"] = {"from": per_iter[-2]["iteration"], "to": per_iter[-1]["iteration"]} | cmp
     plot = [{k: m[k] for k in ("iteration", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain", "mean_cost",
                                "parse_rate")}
