@@ -240,6 +240,33 @@ def evaluate(
 
 
 @app.command()
+def inspect(
+    task_id: str = typer.Argument(..., help="A train task's id (data/prepared/tasks_train.jsonl)."),
+    iteration: Optional[int] = typer.Option(None, "--iter", min=1, help="Iteration K (data/iter_K/). Default: the last finished one."),
+    as_json: bool = typer.Option(False, "--json", help="Print the same as one JSON object."),
+    no_answers: bool = typer.Option(False, "--no-answers", help="Leave out the policy's answers (they need the model)."),
+    params: Path = ParamsOpt,
+    set_: Optional[List[str]] = SetOpt,
+    verbose: bool = VerboseOpt,
+) -> None:
+    """One train task in one iteration: the optimizer's prompt (folded), each trajectory's calls and
+    what they returned, its gain and cost in each lens, its reward and whether it was kept, and
+    the policy's answers to two held-out examples without and with the kept data.
+
+    Reads: data/prepared/tasks_train.jsonl and data/iter_K/ (what `ads train` wrote); the policy
+    for its answers (from the call cache when train computed them).
+    """
+    from .stages import inspect as stage_mod
+
+    with stage("inspect", params, set_, verbose, writes=False) as (p, paths):
+        view = stage_mod.gather(p, paths, task_id, iteration, answers=not no_answers)
+    if as_json:
+        sys.stdout.write(orjson.dumps(view, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        console.print(stage_mod.render(view))
+
+
+@app.command()
 def generate(
     prompt: str = typer.Argument(..., help="The prompt; sent as a user chat message unless --raw."),
     role: str = typer.Option("policy", "--role", help="Which model of params.yaml answers: policy or optimizer."),

@@ -71,6 +71,10 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write_bytes(path, [orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"])
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write_bytes(path, [data])
+
+
 def write_text(path: Path, text: str) -> None:
     """Atomically write a text artifact (UTF-8), such as a report."""
     _atomic_write_bytes(path, [text.encode("utf-8")])

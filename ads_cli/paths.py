@@ -163,6 +163,11 @@ class Paths:
         return self.results / "report.md"
 
     @property
+    def plots(self) -> Path:
+        """The charts (PNG): train's and evaluate's, which report.md embeds."""
+        return self.results / "plots"
+
+    @property
     def evaluate_journal(self) -> Path:
         return self.results / "evaluate.journal.jsonl"
 

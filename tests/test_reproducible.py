@@ -15,6 +15,7 @@ import subprocess
 import pytest
 import yaml
 
+from ads_cli.charts import CHARTS
 from conftest import FAKE, REPO, make_docs, make_flat_tasks, tiny_params, write_jsonl
 
 
@@ -88,3 +89,47 @@ def test_no_declared_output_contains_the_project_folder(two_runs):
             for name, data in files_of(root, rel).items():
                 assert str(root).encode() not in data, f"{name} contains the absolute path {root}"
                 assert str(root.resolve()).encode() not in data, f"{name} contains the absolute path {root.resolve()}"
+
+
+def test_dvc_exp_compares_two_settings(two_runs, tmp_path):
+    """`dvc exp run -S ...` in a clone, then `dvc exp show` lists the metrics of both runs: the
+    small results files are in git (not ignored), so a commit and an experiment hold them."""
+    import json
+
+    shutil.copytree(two_runs[0], tmp_path, dirs_exist_ok=True, symlinks=True)  # a project after `dvc repro`
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org")
+
+    def run(command: str) -> str:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    shutil.copy2(REPO / ".dvc/config", tmp_path / ".dvc/config")  # the project's DVC settings: the offline plots page
+    shutil.copytree(REPO / ".dvc/plots", tmp_path / ".dvc/plots")
+    run("dvc repro -q && git add -A && git commit -qm baseline")  # repro: nothing to do after the copy
+    assert not run("git status --porcelain")  # the run's results are committed, nothing left over
+    run("dvc exp run -q -n cheaper -S train.lambda=0.5 -S sample.n_trajectories=3")
+    shown = json.loads(run("dvc exp show --json"))
+    rows = {}
+    for commit in shown:
+        for exp in [commit] + [e for run_ in commit.get("experiments") or [] for e in run_["revs"]]:
+            data = exp.get("data") or {}
+            name = exp.get("name") or data.get("name") or exp.get("rev")
+            metrics = {path: (m.get("data") or {}) for path, m in (data.get("metrics") or {}).items()}
+            params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
+            rows[name] = (metrics, params)
+    assert "cheaper" in rows, rows.keys()
+    base = next(v for k, v in rows.items() if k not in ("cheaper", "workspace"))
+    for metrics, params in (base, rows["cheaper"]):
+        assert metrics["results/metrics.json"]["metric"]["avg_score"] is not None
+        assert metrics["results/train_metrics.json"]["iterations"] == params["train"]["iterations"]
+    assert rows["cheaper"][1]["train"]["lambda"] == 0.5 and base[1]["train"]["lambda"] != 0.5
+    assert rows["cheaper"][0]["results/train_metrics.json"] != base[0]["results/train_metrics.json"]
+
+    # `dvc plots show`: a page that needs no network (vega inlined), with every chart beside it
+    run("dvc plots show -q -o page")
+    page = (tmp_path / "page/index.html").read_text()
+    assert "<script src=" not in page and "vega-embed" in page and "vegaEmbed(" in page
+    shown = {p.name.split("plots_")[-1] for p in (tmp_path / "page/static").iterdir()}
+    assert shown == set(CHARTS), shown

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import collections
 
-from .stats import mean, paired_summary
+from ..charts import markdown
+from .stats import bootstrap_ci, mean, paired_summary
 
 # what each lens reads from a method's per-task record
 LENS_FIELD = {"metric": "score", "likelihood": "likelihood"}
@@ -27,6 +28,7 @@ def summarize(task_results: list[dict], lens: str, epsilon: float, seed: int) ->
     field = LENS_FIELD[lens]
     methods = METHODS + [REFERENCE]
     per_method = {m: {"score": round(mean([t["methods"][m][field] for t in task_results]), 6),
+                      "ci95": list(bootstrap_ci([t["methods"][m][field] for t in task_results], seed)),
                       "cost": round(mean([t["methods"][m]["cost"] for t in task_results]), 3)} for m in methods}
     ads_scores = [t["methods"]["ads"][field] for t in task_results]
     vs = {m: paired_summary(ads_scores, [t["methods"][m][field] for t in task_results], epsilon, seed) for m in methods if m != "ads"}
@@ -57,7 +59,12 @@ def _method_table(summary: dict, digits: int) -> list[str]:
     return lines
 
 
-def report(evaluation: dict) -> str:
+TRAIN_CHARTS = ["train_progress.png", "api_mix.png", "gain_cost.png"]
+
+
+def report(evaluation: dict, charts: list[str] = ()) -> str:
+    """report.md: the tables of both lenses, with the charts `charts` (file names under
+    results/plots/) embedded beside them."""
     lenses = evaluation["lenses"]
     lines = [
         "# ADS evaluation", "",
@@ -67,12 +74,16 @@ def report(evaluation: dict) -> str:
     ]
     for lens, summary in lenses.items():
         lines += [f"## {lens.capitalize()} lens ({UNITS[lens]})", ""] + _method_table(summary, 3) + [""]
+    lines += markdown([c for c in ["scores.png"] if c in charts])
     s = lenses["metric"]
     lines += ["## By category (metric lens)", "", "| category | tasks | " + " | ".join(s["methods"]) + " |",
               "|---|---|" + "---|" * len(s["methods"])]
     for cat, row in s["by_category"].items():
         lines.append(f"| {cat} | {row['tasks']} | " + " | ".join(f"{row[m]:.3f}" for m in s["methods"]) + " |")
-    lines += ["", "## ADS trajectories", "",
+    lines += [""] + markdown([c for c in ["by_category.png"] if c in charts])
+    if any(c in charts for c in TRAIN_CHARTS):
+        lines += ["## Training", ""] + markdown([c for c in TRAIN_CHARTS if c in charts])
+    lines += ["## ADS trajectories", "",
               "| task | metric | calls | no data (metric) | ADS (metric) | no data (likelihood) | ADS (likelihood) |",
               "|---|---|---|---|---|---|---|"]
     for t in evaluation["task_results"]:

@@ -31,7 +31,8 @@ from ..errors import AdsError
 from ..jsonl import read_json, read_jsonl, write_json, write_text
 from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
-from ..method.evaluation import REFERENCE, report, summarize
+from ..charts import evaluation_charts
+from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
 from ..method.policy import answer_observed, build_context, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
@@ -152,7 +153,9 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                                for lens, s in lenses.items()})
     write_json(paths.plot_scores, [{"method": m, "lens": lens, "score": s["methods"][m]["score"], "cost": s["methods"][m]["cost"]}
                                    for lens, s in lenses.items() for m in s["methods"]])
-    write_text(paths.report, report(evaluation))
+    # the training charts are `ads train`'s (which evaluate needs): linked whether or not this
+    # folder still holds them, so that the report depends only on what evaluate reads
+    write_text(paths.report, report(evaluation, evaluation_charts(evaluation, paths.plots) + TRAIN_CHARTS))
     # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
     run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
                 "timings": {"total_s": round(time.monotonic() - started, 3)}}

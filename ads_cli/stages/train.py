@@ -19,6 +19,7 @@ import collections
 import shutil
 import time
 
+from ..charts import train_charts
 from ..engine.lora import train_optimizer_sft
 from ..engine.roles import load_role
 from ..errors import AdsError
@@ -166,6 +167,10 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
             | {f"api_{api}": n for api, n in sorted(m["api_mix"].items())} for m in per_iter]
     write_json(paths.train_metrics, summary)
     write_json(paths.train_plot, plot)
+    iterations = [m["iteration"] for m in per_iter]
+    rewards = {k: read_jsonl(paths.rewards(k)) for k in iterations}
+    kept = {k: {b["trajectory_id"] for b in read_jsonl(paths.best(k))} for k in iterations}
+    train_charts(per_iter, rewards, kept, paths.plots)
     return summary
 
 
