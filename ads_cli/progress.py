@@ -7,6 +7,7 @@ Full detail always goes to `logs/<stage>.log`; `-v` also puts it on the terminal
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import time
@@ -94,3 +95,42 @@ def track(description: str, total: int | None = None, every: float = 5.0) -> Ite
             _live = None
         else:
             progress.remove_task(task_id)  # inner steps come and go; the outer bar stays
+
+
+# ------------------------------------------------------------------ where the time goes
+
+_phase_seconds: dict[str, float] = collections.defaultdict(float)
+_phase_stack: list[list] = []  # [name, since]: the innermost phase is the one the clock runs for
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Count the wall time spent inside as `name`, exclusively: while an inner phase runs (the
+    `answer` API calling the model, say), the outer one's clock stops. `phase_seconds()` reads
+    the totals; the stages write them to logs/<stage>.json."""
+    now = time.perf_counter()
+    if _phase_stack:
+        outer = _phase_stack[-1]
+        _phase_seconds[outer[0]] += now - outer[1]
+    _phase_stack.append([name, now])
+    try:
+        yield
+    finally:
+        now = time.perf_counter()
+        inner, since = _phase_stack.pop()
+        _phase_seconds[inner] += now - since
+        if _phase_stack:
+            _phase_stack[-1][1] = now
+
+
+def phase_seconds(total: float | None = None) -> dict[str, float]:
+    """Seconds per phase since the last `reset_phases()`, largest first; with `total` (the run's
+    wall time), what no phase covered is `other (Python, I/O)`."""
+    out = {k: round(v, 2) for k, v in sorted(_phase_seconds.items(), key=lambda kv: -kv[1])}
+    if total is not None:
+        out["other (Python, I/O)"] = round(max(0.0, total - sum(_phase_seconds.values())), 2)
+    return out
+
+
+def reset_phases() -> None:
+    _phase_seconds.clear()

@@ -189,3 +189,19 @@ def test_lora_adapters_start_from_the_seed():
         torch.manual_seed(123)  # whatever ran before, the adapter's start depends on the seed alone
         starts.append({k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k})
     assert starts[0] and all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+
+
+def test_phases_count_time_exclusively():
+    import time
+
+    from ads_cli.progress import phase, phase_seconds, reset_phases
+
+    reset_phases()
+    with phase("outer"):
+        time.sleep(0.05)
+        with phase("inner"):
+            time.sleep(0.1)
+        time.sleep(0.05)
+    seconds = phase_seconds(total=0.3)
+    assert seconds["inner"] == pytest.approx(0.1, abs=0.03) and seconds["outer"] == pytest.approx(0.1, abs=0.03)
+    assert seconds["other (Python, I/O)"] == pytest.approx(0.1, abs=0.04)

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 
 from ..cache import CallCache, call_key
 from ..errors import AdsError
-from ..progress import track
+from ..progress import phase, track
 from .grammar import LineGrammar
 
 Prompt = str | list[dict]  # a completion prompt, or chat messages (a string is one user message)
@@ -97,6 +97,7 @@ class Model(ABC):
     name: str
     cache: CallCache
     batch_size: int
+    role: str = "model"  # policy or optimizer, once `roles.load_role` loaded it
 
     @property
     @abstractmethod
@@ -148,7 +149,8 @@ class Model(ABC):
                 todo.append(Request(i, key, payload, prompt_seed))
         if todo:
             keys = {r.index: r.key for r in todo}
-            with track(desc, total=len(todo)) as progress:
+            name = f"{self.role}: generate" + (" (constrained)" if grammar is not None else "")
+            with track(desc, total=len(todo)) as progress, phase(name):
                 for i, gen in self._generate(todo, decoding, progress):
                     if gen.error is None:
                         self.cache.put(keys[i], gen.cache_record())
@@ -182,7 +184,7 @@ class Model(ABC):
             scorings.append(Scoring(i, key, context, continuation, needed=results[i] is None))
         todo = [s for s in scorings if s.needed]
         if todo:
-            with track(desc, total=len(todo)) as progress:
+            with track(desc, total=len(todo)) as progress, phase(f"{self.role}: loglikelihood"):
                 for i, value in self._loglikelihood(scorings, progress):
                     if scorings[i].needed:
                         self.cache.put(scorings[i].key, value)

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..cache import call_key
 from ..errors import AdsError
 from ..jsonl import sha256_file
+from ..progress import phase
 from .base import Model
 from .local import LocalModel
 from .weights import _torch
@@ -88,7 +89,9 @@ def renamed(lm: Model, model_id: str) -> LocalModel:
     """The same weights under another `model_id`: the cache keys of a fine-tune's answers."""
     if not isinstance(lm, LocalModel):
         raise AdsError("train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
-    return LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache)
+    tuned = LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache)
+    tuned.role = lm.role
+    return tuned
 
 
 def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]], model_id: str, use) -> tuple[object, float]:
@@ -100,7 +103,8 @@ def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]]
     """
     peft_model = fresh_peft_model(lm.model, train)
     try:
-        seconds = finetune(peft_model, lm, pairs, train)
+        with phase(f"{lm.role}: LoRA fine-tune"):
+            seconds = finetune(peft_model, lm, pairs, train)
         tuned = renamed(lm, model_id)
         tuned.model = peft_model
         return use(tuned), seconds
@@ -113,7 +117,8 @@ def train_optimizer_sft(train: dict, optimizer: Model, pairs: list[tuple[str, st
     if not isinstance(optimizer, LocalModel):
         raise AdsError("train.optimizer_update=sft fine-tunes the optimizer's weights, which needs lm.optimizer_backend=local")
     peft_model = fresh_peft_model(copy.deepcopy(optimizer.model), train)
-    seconds = finetune(peft_model, optimizer, pairs, train)
+    with phase("optimizer: LoRA fine-tune"):
+        seconds = finetune(peft_model, optimizer, pairs, train)
     peft_model.save_pretrained(out)
     return seconds
 
@@ -130,4 +135,6 @@ def with_adapter(optimizer: Model, adapter: Path) -> Model:
     model = PeftModel.from_pretrained(copy.deepcopy(optimizer.model), str(adapter))
     model.eval()
     digest = call_key(optimizer.model_id, *[sha256_file(p) for p in sorted(adapter.glob("*.safetensors"))])
-    return LocalModel(model, optimizer.tok, digest, f"{optimizer.name}+{adapter}", optimizer.batch_size, optimizer.cache)
+    tuned = LocalModel(model, optimizer.tok, digest, f"{optimizer.name}+{adapter}", optimizer.batch_size, optimizer.cache)
+    tuned.role = optimizer.role
+    return tuned

@@ -15,6 +15,7 @@ from ..cache import CallCache
 from ..errors import AdsError
 from ..params import BACKEND_ENTRY_POINTS
 from ..paths import Paths
+from ..progress import phase
 from ..sources import Lock
 from .base import Model
 
@@ -40,7 +41,13 @@ def call_cache(params: dict, paths: Paths) -> CallCache:
 
 def load_role(params: dict, role: str, paths: Paths | None = None) -> Model:
     """The model that params name for `role` ("policy" or "optimizer"), with the project's settings."""
-    paths = paths or Paths.here()
+    with phase("loading models"):
+        model = _load(params, role, paths or Paths.here())
+    model.role = role  # names its phases in logs/<stage>.json
+    return model
+
+
+def _load(params: dict, role: str, paths: Paths) -> Model:
     backend = params["lm"][f"{role}_backend"]
     if backend == "local":
         from .local import LocalModel

@@ -19,7 +19,7 @@ from ..engine.openai import served_identity
 from ..engine.roles import load_role
 from ..errors import AdsError
 from ..paths import Paths
-from ..progress import log, track
+from ..progress import log, phase, track
 from .search import Searcher
 
 
@@ -128,7 +128,8 @@ def run_calls(apis: dict, trajectories: list[dict], journal_path: Path, every: i
                                    f" they are kept in {journal_path}; rerun with a larger --max-cost to continue")
                 chunk = args[start: start + every]
                 if api_name in apis:
-                    results = call_many(apis[api_name], chunk)
+                    with phase(f"API calls: {api_name}"):
+                        results = call_many(apis[api_name], chunk)
                 else:
                     results = [APIResult(api_name, a, ok=False, error=f"unknown API {api_name!r}") for a in chunk]
                 for r in results:

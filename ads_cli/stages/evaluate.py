@@ -38,7 +38,7 @@ from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..params import tie_epsilon
 from ..paths import Paths
-from ..progress import log, track
+from ..progress import log, phase_seconds, reset_phases, track
 
 # methods scored from a trajectory's collected data
 TRAJECTORY_METHODS = ["ads", "random", "retrieve_only", "demonstrate_only", "answer_only", "iter0"]
@@ -59,6 +59,7 @@ def random_trajectory(task: dict, n_calls: int, api_names: list[str], seed: int)
 
 def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     started = time.monotonic()
+    reset_phases()
     e = params["evaluate"]
     tasks = load_tasks(tasks_path, written_by=None) if tasks_path else load_tasks(paths.tasks_test)
     paths.require(paths.index_manifest, "ads index")
@@ -158,7 +159,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     write_text(paths.report, report(evaluation, evaluation_charts(evaluation, paths.plots) + TRAIN_CHARTS))
     # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
     run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
-                "timings": {"total_s": round(time.monotonic() - started, 3)}}
+                "timings": {"total_s": round(time.monotonic() - started, 3)},
+                "phases": phase_seconds(time.monotonic() - started)}
     write_json(paths.run_log("evaluate"), run_info)
     return evaluation | {"run": run_info}
 

@@ -32,7 +32,7 @@ from ..method.stats import bootstrap_ci, mean, paired_summary
 from ..method.tasks import load_tasks
 from ..params import tie_epsilon
 from ..paths import Paths
-from ..progress import log, track
+from ..progress import log, phase_seconds, reset_phases, track
 from . import execute, sample
 
 
@@ -190,6 +190,7 @@ def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
     if n < 1:
         raise AdsError(f"--iter must be >= 1, got {n}")
     started = time.monotonic()
+    reset_phases()
     if params["train"]["reward"] == "likelihood":  # before any work: a served policy may not give prompt logprobs
         require_likelihood(load_role(params, "policy", paths), "train.reward=likelihood")
     measured = []
@@ -201,6 +202,7 @@ def run(params: dict, paths: Paths, iterations: int | None = None) -> dict:
         measured.append({"iteration": k, "sample": sampled["run"], "execute": executed["run"], "update": updated})
     export_optimizer(paths, n)
     summary = write_metrics(params, paths, n)
-    run_info = {"iterations": measured, "timings": {"total_s": round(time.monotonic() - started, 3)}}
+    total = time.monotonic() - started
+    run_info = {"iterations": measured, "timings": {"total_s": round(total, 3)}, "phases": phase_seconds(total)}
     write_json(paths.run_log("train"), run_info)
     return summary | {"run": run_info}
