@@ -64,6 +64,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "policy": SMOLLM2,
         "optimizer": SMOLLM2,
         "threads": 0,
+        "dtype": "fp32",
         "batch_size": 16,
         "max_new_tokens": 32,
         "temperature": 0.0,
@@ -235,6 +236,11 @@ def _validate_backends(params: dict) -> None:
             raise AdsError(f"params: {section}.timeout must be > 0, got {s['timeout']}")
         if s["extra_body"].get("stream"):
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
+    if params["lm"]["dtype"] not in ("fp32", "int8"):
+        raise AdsError(f"params: lm.dtype must be fp32 or int8, got {params['lm']['dtype']!r}")
+    if params["lm"]["dtype"] == "int8" and (params["train"]["update"] == "lora" or params["train"]["optimizer_update"] == "sft"):
+        raise AdsError("params: lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights:"
+                       " set lm.dtype=fp32 with train.update=lora or train.optimizer_update=sft")
     if params["lm"]["policy_backend"] != "local" and params["train"]["update"] == "lora":
         raise AdsError("params: train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
     if params["lm"]["optimizer_backend"] != "local" and params["train"]["optimizer_update"] == "sft":

@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--extra-body", default='{"repeat_penalty": 1.0}',
                     help="JSON merged into each request; for llama-server add \"cache_prompt\": false, or the"
                          " later rows reuse the KV cache of the earlier rows' identical prompts")
+    ap.add_argument("--json", type=Path, help="Also write the ratios to this JSON file: local_vs_server_c1, and with"
+                                              " --base-url local_vs_llama_server (against the server's best concurrency)")
     args = ap.parse_args()
 
     params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
@@ -82,15 +84,22 @@ def main() -> None:
 
     print(f"\n{'backend':<24} {'seconds':>8} {'gen tok/s':>10} {'req/s':>6} {'vs local':>9} {'vs c=1':>7} {'same text':>10}")
     print(f"{'local engine (batched)':<24} {t_local:8.1f} {local_tps:10.1f} {len(prompts) / t_local:6.2f} {1.0:8.2f}x {'':>7} {'':>10}")
-    base = None
+    base, server_tps = None, []
     for name, seconds, gens in rows:
         tps = sum(g.completion_tokens for g in gens) / seconds
         if name.startswith("server"):
             base = base or tps
+            server_tps.append(tps)
         same = sum(g.text == l.text for g, l in zip(gens, local_gens))
         vs_c1 = f"{tps / base:6.2f}x" if base else ""
         print(f"{name:<24} {seconds:8.1f} {tps:10.1f} {len(prompts) / seconds:6.2f} {tps / local_tps:8.2f}x {vs_c1:>7}"
               f" {same:>4}/{len(prompts)}")
+    if args.json:
+        figures = {"local_vs_server_c1": round(local_tps / server_tps[0], 4)}
+        if args.base_url:
+            figures["local_vs_llama_server"] = round(local_tps / max(server_tps), 4)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        print(f"figures -> {args.json}")
 
 
 if __name__ == "__main__":

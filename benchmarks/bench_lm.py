@@ -1,19 +1,23 @@
 """The LM engine on the default model: naive vs batched generation, warm cache, shared prefix.
 
-    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only]
+    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only] [--int8] [--json PATH]
 
 1. 64 chat prompts of 150-400 tokens (Wikipedia summaries to summarise), 64 new tokens each:
    one prompt at a time (naive) vs batched; then the batched run again with the cache warm.
 2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
 3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
    call (shared prefix, batched) vs each pair on its own.
-4. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
+4. The optimizer's constrained decoding against unconstrained, on its own prompts.
+5. With --int8: lm.dtype=int8 against fp32 on the same pairs and prompts.
+6. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
    all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import random
 import resource
 import tempfile
@@ -60,10 +64,9 @@ def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9  # a copy reads and writes every byte
 
 
-def scoring(model, docs: list[dict], seed: int) -> None:
-    """Likelihood scoring as `ads train` does it: one trajectory's prompt (collected passages, then
-    3 demonstrations) shared by 8 held-out questions, 2 references each; scored in one call (the
-    shared prefix computed once, batched) against each pair on its own."""
+def scoring_pairs(model, docs: list[dict], seed: int) -> list[tuple[str, str]]:
+    """One trajectory's prompt as `ads train` scores it (3 collected passages, then 3
+    demonstrations) shared by 8 held-out questions, 2 references each."""
     rng = random.Random(seed)
     picked = rng.sample(docs, 14)
     passages = "\n\n".join(f"{d['title']}: {d['text']}" for d in picked[:3])
@@ -72,6 +75,12 @@ def scoring(model, docs: list[dict], seed: int) -> None:
     for d in picked[6:14]:
         prompt = model.render(example_messages(f"What is {d['title']}?", passages, demos))
         pairs += [(prompt, d["description"] or d["title"]), (prompt, d["title"])]
+    return pairs
+
+
+def scoring(model, pairs: list[tuple[str, str]]) -> dict:
+    """The pairs scored in one call (the shared prefix computed once, batched) against each pair
+    on its own."""
     n_tokens = sum(model.count_tokens(c + r) for c, r in pairs)
     model.cache = CallCache(None)
     separate, t_separate = timed(lambda: [model.loglikelihood([p])[0] for p in pairs])
@@ -80,6 +89,50 @@ def scoring(model, docs: list[dict], seed: int) -> None:
     print(f"\nlikelihood scoring, {len(pairs)} pairs sharing one prompt prefix ({n_tokens} tokens in all):")
     print(f"  each pair on its own {t_separate:.2f}s, shared prefix + batched {t_shared:.2f}s: {t_separate / t_shared:.1f}x;"
           f" max |difference| {diff:.2e} nats")
+    return {"ratio": t_separate / t_shared, "shared_s": t_shared, "values": shared}
+
+
+def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
+    """The optimizer's constrained decoding (a grammar check per row at every step) against
+    unconstrained decoding, on the optimizer's own iteration-1 prompts, sampled as `ads sample` does."""
+    from ads_cli.method.optimizer import STOP, build_prompt, call_grammar, seed_exemplars
+
+    apis = ["retrieve", "demonstrate", "answer"]
+    descriptions = [f"{a}: <argument>" for a in apis]
+    prompts = [build_prompt(t, [{"answer": "?", "score": 0.0}] * len(t["observed"]), seed_exemplars()[:4], descriptions)
+               for t in docs_tasks[:16]]
+    s = params["sample"]
+    times = {}
+    for name, grammar in (("unconstrained", None), ("constrained", call_grammar(apis))):
+        model.cache = CallCache(None)
+        _, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
+                                                      stop=STOP, chat=False, grammar=grammar))
+    print(f"\noptimizer decoding, {len(prompts)} prompts, {s['max_new_tokens']} new tokens, temperature {s['temperature']}:"
+          f" unconstrained {times['unconstrained']:.2f}s, constrained {times['constrained']:.2f}s"
+          f" ({times['constrained'] / times['unconstrained']:.2f}x the time)")
+    return {"constrained_vs_unconstrained": times["constrained"] / times["unconstrained"]}
+
+
+def bits_per_byte(values: list[float], pairs: list[tuple[str, str]]) -> list[float]:
+    return [v / math.log(2) / len(r.encode("utf-8")) for v, (_, r) in zip(values, pairs)]
+
+
+def int8_comparison(params_path: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
+    """lm.dtype=int8 against fp32 on the same pairs and prompts: scoring and batched generation
+    speed, the largest likelihood difference in bits per byte, and identical answers."""
+    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", "lm.dtype=int8"])
+    int8 = load_role(params, "policy")
+    int8.cache = CallCache(None)
+    values, t_score = timed(lambda: int8.loglikelihood(pairs))
+    gens, t_gen = timed(lambda: int8.generate(prompts, max_new_tokens=new_tokens))
+    bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(fp32_scoring["values"], pairs)))
+    same = sum(a.text == b.text for a, b in zip(gens, fp32_batched["gens"]))
+    print("\nint8 (dynamic quantization of the linear layers) vs fp32, same pairs and prompts:")
+    print(f"  scoring {fp32_scoring['shared_s']:.2f}s -> {t_score:.2f}s: {fp32_scoring['shared_s'] / t_score:.2f}x;"
+          f" batched generation {fp32_batched['seconds']:.2f}s -> {t_gen:.2f}s: {fp32_batched['seconds'] / t_gen:.2f}x")
+    print(f"  largest likelihood difference {bpb_diff:.4f} bits per byte; identical answers {same}/{len(prompts)}")
+    return {"int8_vs_fp32": fp32_scoring["shared_s"] / t_score, "int8_generation_vs_fp32": fp32_batched["seconds"] / t_gen,
+            "int8_max_abs_bpb_diff": bpb_diff, "int8_identical_answers": f"{same}/{len(prompts)}"}
 
 
 def main() -> None:
@@ -89,13 +142,18 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scoring-only", action="store_true", help="Only the likelihood-scoring comparison (a minute).")
+    ap.add_argument("--int8", action="store_true", help="Also compare lm.dtype=int8 with fp32 (loads a second model).")
+    ap.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     args = ap.parse_args()
 
     params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
     model = load_role(params, "policy")
     docs = read_jsonl(Path("data/prepared/docs.jsonl"))
+    pairs = scoring_pairs(model, docs, args.seed)
+    figures: dict = {}
     if args.scoring_only:
-        scoring(model, docs, args.seed)
+        figures["scoring_shared_vs_separate"] = scoring(model, pairs)["ratio"]
+        write_figures(args.json, figures)
         return
     prompts = make_prompts(model, docs, args.prompts, args.seed)
     n_prompt = sum(model.count_tokens(model.render(p)) for p in prompts)
@@ -116,6 +174,7 @@ def main() -> None:
     for name, secs, g in (("naive (batch 1)", t_naive, gen_naive), (f"batched ({model.batch_size})", t_batched, gen), ("batched, cache warm", t_warm, gen)):
         print(f"{name:22}{secs:10.3f}{g / secs:11.1f}{(g + n_prompt) / secs:11.1f}{t_naive / secs:9.1f}x")
     print(f"identical texts naive vs batched: {same}/{len(prompts)}")
+    figures["batched_vs_naive"] = t_naive / t_batched
 
     # shared prefix: 5 questions after one 800-token context
     context, i = "", 0
@@ -133,14 +192,35 @@ def main() -> None:
     print("\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
     print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")
+    figures["prefix_reuse"] = t_plain / t_shared
 
-    scoring(model, docs, args.seed)
+    figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
+    fp32_scoring = scoring(model, pairs)
+    figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]
+    figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the fp32 engine alone
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
     bw = bandwidth_gb_s()
     print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     print(f"weights {weight_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
           f" batch-1 decode bound {bw * 1e9 / weight_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
+    if args.int8:
+        figures |= int8_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring,
+                                   {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]})
+    write_figures(args.json, figures)
+
+
+def fp32_generate(model, prompts, new_tokens):
+    model.cache = CallCache(None)
+    return model.generate(prompts, max_new_tokens=new_tokens)
+
+
+def write_figures(path: Path | None, figures: dict) -> None:
+    if path is None:
+        return
+    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    path.write_text(json.dumps(rounded, indent=2) + "\n")
+    print(f"figures -> {path}")
 
 
 if __name__ == "__main__":

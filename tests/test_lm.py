@@ -197,3 +197,17 @@ def test_a_resumed_scoring_call_matches_the_uninterrupted_one_exactly(model, tmp
     for (context, continuation), value in list(zip(pairs, first))[:3]:  # the first batch was stored before a kill
         model.cache.put(loglik_key(model.model_id, context, continuation), value)
     assert model.loglikelihood(pairs) == first
+
+
+def test_int8_scores_close_to_fp32_under_its_own_cache_identity(smol, tmp_path):
+    """lm.dtype=int8: its own model id (answers never mix with fp32's in the call cache), and
+    likelihoods near fp32's."""
+    import math
+
+    model, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), dtype="int8")
+    int8 = LocalModel(model, tokenizer, digest, SMOLLM2, cache=CallCache(tmp_path / "int8.sqlite"))
+    assert int8.model_id == smol.model_id + ":int8" and int8.model is not smol.model
+    smol.cache = CallCache(tmp_path / "fp32.sqlite")
+    pairs = [(smol.render(q), ref) for q, ref in (("What is the capital of France?", "Paris"), ("Who wrote Hamlet?", "Shakespeare"))]
+    for (_, ref), a, b in zip(pairs, smol.loglikelihood(pairs), int8.loglikelihood(pairs)):
+        assert abs(a - b) / math.log(2) / len(ref.encode()) < 0.5  # bits per byte; the benchmark measures it closely

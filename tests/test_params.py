@@ -30,6 +30,8 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     ("prepare.n_test=abc", "prepare.n_test must be int"),
     ("lm.cache=3", "lm.cache must be bool"),
     ("prepare.min_english_share=2", "between 0 and 1"),
+    ("lm.dtype=fp16", "lm.dtype must be fp32 or int8"),
+    ("evaluate.tie_epsilon_likelihood=-0.1", "evaluate.tie_epsilon_likelihood must be >= 0"),
 ])
 def test_bad_overrides_are_one_line_errors(override, fragment):
     with pytest.raises(AdsError) as e:
@@ -51,3 +53,9 @@ def test_missing_and_malformed_params_files(tmp_path):
     bad.write_text("prepare:\n  seed: [1\n")
     with pytest.raises(AdsError, match=r"bad.yaml:\d+: malformed YAML"):
         params_mod.load(bad)
+
+
+def test_int8_refuses_lora_in_one_line():
+    for setting in ("train.update=lora", "train.optimizer_update=sft"):
+        with pytest.raises(AdsError, match="lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights"):
+            params_mod.load(REPO / "params.yaml", ["lm.dtype=int8", setting])

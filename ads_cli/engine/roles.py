@@ -54,7 +54,8 @@ def _load(params: dict, role: str, paths: Paths) -> Model:
         from .weights import load_weights
 
         source, cache_dir, lock = role_source(params, role, paths)
-        model, tokenizer, digest = load_weights(source, cache_dir, lock, threads=params["lm"]["threads"])
+        model, tokenizer, digest = load_weights(source, cache_dir, lock, threads=params["lm"]["threads"],
+                                               dtype=params["lm"]["dtype"])
         return LocalModel(model, tokenizer, digest, source, batch_size=params["lm"]["batch_size"], cache=call_cache(params, paths))
     if backend == "openai":
         from .openai import OpenAIModel

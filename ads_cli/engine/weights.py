@@ -99,26 +99,56 @@ def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
 _LOADED: dict[tuple, tuple] = {}
 
 
-def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0) -> tuple[Any, Any, str]:
+DTYPES = ("fp32", "int8")
+
+
+def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dtype: str = "fp32") -> tuple[Any, Any, str]:
     """(model, tokenizer, weights digest) of a source, loaded once per process: policy and
-    optimizer naming the same source share the weights."""
+    optimizer naming the same source share the weights.
+
+    `dtype` int8: the linear layers are quantized dynamically (int8 weights, activations
+    quantized per batch at run time; torch.ao's quantize_dynamic). The digest then says so, so
+    that its answers never mix with fp32 ones in the call cache.
+    """
     torch = _torch()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)
+    if dtype == "int8":
+        if (target, digest, dtype) not in _LOADED:
+            model, tokenizer = _load_fp32(source, target)  # quantized in place: one copy of the weights
+            _LOADED[(target, digest, dtype)] = (quantize_int8(model), tokenizer)
+        model, tokenizer = _LOADED[(target, digest, dtype)]
+        return model, tokenizer, f"{digest}:int8"
     if (target, digest) not in _LOADED:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        _quiet_transformers()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(target)
-            model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
-        except OSError as e:  # hub unreachable, missing files: the user's to fix
-            raise AdsError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
-        model.eval()
-        tokenizer.padding_side = "left"
-        _LOADED[(target, digest)] = (model, tokenizer)
+        _LOADED[(target, digest)] = _load_fp32(source, target)
     model, tokenizer = _LOADED[(target, digest)]
     return model, tokenizer, digest
+
+
+def quantize_int8(model):
+    import warnings
+
+    torch = _torch()
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, which CPU-only torch lacks
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def _load_fp32(source: str, target: str):
+    torch = _torch()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    except OSError as e:  # hub unreachable, missing files: the user's to fix
+        raise AdsError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
+    model.eval()
+    tokenizer.padding_side = "left"
+    return model, tokenizer
 
 
 _TOKENIZERS: dict[str, Any] = {}
