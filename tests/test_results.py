@@ -71,7 +71,8 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     monkeypatch.chdir(evaluated)
     rewards = [orjson.loads(line) for line in (evaluated / "data/iter_2/rewards.jsonl").read_bytes().splitlines()]
     task_id = next(r["task_id"] for r in rewards if r["calls"])
-    result = runner.invoke(app, ["inspect", task_id, "--iter", "2", "--json"])
+    same = ["--set", "train.min_reward=-1"]  # the settings the fixture trained with
+    result = runner.invoke(app, ["inspect", task_id, "--iter", "2", "--json", *same])
     assert result.exit_code == 0, result.output
     view = orjson.loads(result.stdout)
     mine = [r for r in rewards if r["task_id"] == task_id]
@@ -82,6 +83,9 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
         assert [c["arg"] for c in shown["calls"]] == [c["arg"] for c in row["calls"]]
     assert len(view["answers"]) == 2 and {"without", "with_kept_data"} <= set(view["answers"][0])
     assert "Task:" in view["prompt"]
+    assert "warning" not in view
+    other = runner.invoke(app, ["inspect", task_id, "--json", "--no-answers", *same, "--set", "train.lambda=0.9"])
+    assert "train settings (lambda)" in orjson.loads(other.stdout)["warning"]  # the iteration was not written with these
     text = runner.invoke(app, ["inspect", task_id, "--iter", "2"])
     assert text.exit_code == 0 and "optimizer prompt" in text.output and mine[0]["trajectory_id"].split("#")[1] in text.output
 

@@ -14,7 +14,7 @@ import re
 
 from ..engine.roles import load_role
 from ..errors import AdsError
-from ..jsonl import read_jsonl
+from ..jsonl import read_json, read_jsonl
 from ..method.policy import build_context, score_with_context
 from ..method.tasks import last_message, load_tasks
 from ..paths import Paths
@@ -76,6 +76,11 @@ def gather(params: dict, paths: Paths, task_id: str, iteration: int | None = Non
     view = {"task": {"id": task["id"], "name": task["name"], "category": task["category"], "metric": task["metric"]},
             "iteration": k, "iterations": done, "prompt": trajectories[0]["prompt"] if trajectories else "",
             "trajectories": shown, "kept": best}
+    trained_with = read_json(paths.train_manifest(k))["params"] if paths.train_manifest(k).exists() else params["train"]
+    changed = sorted(key for key in params["train"] if trained_with.get(key) != params["train"][key])
+    if changed:  # data/iter_K/ is working state: `dvc exp run` or a run with other settings leaves its own there
+        view["warning"] = (f"data/iter_{k}/ was written with other train settings ({', '.join(changed)});"
+                           f" run `ads train` to bring it in line with params.yaml")
     if answers:
         view["answers"] = policy_answers(params, paths, task, best)
     return view
@@ -113,7 +118,8 @@ def render(view: dict):
     from rich.table import Table
 
     task = view["task"]
-    parts = [f"[bold]{escape(task['id'])}[/] — {escape(task['name'])} ({task['category']}, metric {task['metric']});"
+    parts = [f"[yellow]warning:[/] {escape(view['warning'])}"] if "warning" in view else []
+    parts += [f"[bold]{escape(task['id'])}[/] — {escape(task['name'])} ({task['category']}, metric {task['metric']});"
              f" iteration {view['iteration']} of {', '.join(map(str, view['iterations']))}"]
     prompt_lines = view["prompt"].splitlines()
     folded = prompt_lines[:3] + [f"... ({len(prompt_lines) - 9} lines folded) ..."] + prompt_lines[-6:] if len(prompt_lines) > 12 else prompt_lines
