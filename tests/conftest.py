@@ -135,7 +135,9 @@ def train_project(root: Path, fake: bool = True) -> Paths:
     return Paths(root)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Paths:
-    """A project trained for 2 iterations on the fake model; copy it before changing it."""
+    """A project trained for 2 iterations on the fake model, once per test session; copy it
+    before changing its training (running `ads evaluate` in it is fine: every test that reads
+    results writes them first)."""
     return train_project(tmp_path_factory.mktemp("trained"))

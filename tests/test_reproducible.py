@@ -18,6 +18,8 @@ import yaml
 from ads_cli.charts import CHARTS
 from conftest import FAKE, REPO, make_docs, make_flat_tasks, tiny_params, write_jsonl
 
+pytestmark = pytest.mark.dvc
+
 
 def declared_outputs(dvc_yaml: dict) -> list[str]:
     out = []
