@@ -9,6 +9,7 @@ output), at a fixed size and dpi, and the PNG carries no software version or dat
 from __future__ import annotations
 
 import collections
+import itertools
 from pathlib import Path
 
 from .jsonl import write_bytes
@@ -79,6 +80,8 @@ def evaluation_charts(evaluation: dict, out: Path) -> list[str]:
     lenses = {lens: evaluation["lenses"][lens] for lens in LENS_ORDER if lens in evaluation["lenses"]}
 
     def draw():
+        if not evaluation["completed_tasks"]:  # every task failed: nothing to draw (the report says so)
+            return []
         _save(_scores(lenses, evaluation["completed_tasks"]), out / "scores.png")
         _save(_by_category(lenses), out / "by_category.png")
         return ["scores.png", "by_category.png"]
@@ -169,7 +172,7 @@ def _api_mix(rewards: dict[int, list[dict]]):
     ax, bottom = axes[0], [0] * len(counts)
     xs = list(counts)
     palette = ["#1f3b73", "#4a7bc8", "#8fa8d8", "#e0a040", "#b0b0b0", "#d06060"]
-    for colour, kind in zip(palette * 4, kinds):
+    for colour, kind in zip(itertools.cycle(palette), kinds):
         values = [counts[k][kind] for k in xs]
         ax.bar(xs, values, bottom=bottom, label=kind, color=colour, width=0.6)
         bottom = [b + v for b, v in zip(bottom, values)]
@@ -184,7 +187,7 @@ def _gain_cost(rewards: dict[int, list[dict]], kept: dict[int, set], lens: str):
     fig, axes = _figure(1, 5.6, 3.8, CHARTS["gain_cost.png"][0])
     ax = axes[0]
     palette = ["#4a7bc8", "#e0a040", "#50a050", "#d06060", "#8060c0"]
-    for colour, (k, rows) in zip(palette * 4, sorted(rewards.items())):
+    for colour, (k, rows) in zip(itertools.cycle(palette), sorted(rewards.items())):
         rows = [r for r in rows if "parse_error" not in r]
         ax.scatter([r["cost"] for r in rows], [r["gain"] for r in rows], s=14, color=colour, alpha=0.7, label=f"iteration {k}",
                    linewidths=0)

@@ -199,6 +199,9 @@ def validate(params: dict) -> dict:
     return params
 
 
+DTYPES = ("fp32", "int8")  # lm.dtype: how the local engine holds the weights
+
+
 def tie_epsilon(section: dict, lens: str) -> float:
     """The tie margin of a section (train or evaluate) in one lens: the lenses have different
     units (the metric is 0 to 1, the likelihood in bits per byte)."""
@@ -236,8 +239,8 @@ def _validate_backends(params: dict) -> None:
             raise AdsError(f"params: {section}.timeout must be > 0, got {s['timeout']}")
         if s["extra_body"].get("stream"):
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
-    if params["lm"]["dtype"] not in ("fp32", "int8"):
-        raise AdsError(f"params: lm.dtype must be fp32 or int8, got {params['lm']['dtype']!r}")
+    if params["lm"]["dtype"] not in DTYPES:
+        raise AdsError(f"params: lm.dtype must be {' or '.join(DTYPES)}, got {params['lm']['dtype']!r}")
     if params["lm"]["dtype"] == "int8" and (params["train"]["update"] == "lora" or params["train"]["optimizer_update"] == "sft"):
         raise AdsError("params: lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights:"
                        " set lm.dtype=fp32 with train.update=lora or train.optimizer_update=sft")

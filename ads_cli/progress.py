@@ -133,4 +133,8 @@ def phase_seconds(total: float | None = None) -> dict[str, float]:
 
 
 def reset_phases() -> None:
+    """Start counting afresh; a phase still open counts from now on."""
     _phase_seconds.clear()
+    now = time.perf_counter()
+    for entry in _phase_stack:
+        entry[1] = now

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from ads_cli.cache import CallCache
-from ads_cli.engine.base import loglik_key
+from ads_cli.engine.base import Generation, generation_key, loglik_key
 from ads_cli.method.evaluation import METHODS, REFERENCE, summarize
 from ads_cli.method.optimizer import argument_quality, seed_exemplars
 from ads_cli.method.policy import answer_observed, example_messages, likelihood_scores
@@ -174,17 +174,50 @@ def test_ties_are_judged_in_each_lens_own_unit():
     assert summarize(results, "likelihood", tie_epsilon(section, "metric"), 0)["vs"]["no_data"]["tie_rate"] == 1.0
 
 
-def test_phases_count_time_exclusively():
-    import time
+def test_phases_count_time_exclusively(monkeypatch):
+    from ads_cli import progress
 
-    from ads_cli.progress import phase, phase_seconds, reset_phases
+    clock = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
 
-    reset_phases()
-    with phase("outer"):
-        time.sleep(0.05)
-        with phase("inner"):
-            time.sleep(0.1)
-        time.sleep(0.05)
-    seconds = phase_seconds(total=0.3)
-    assert seconds["inner"] == pytest.approx(0.1, abs=0.03) and seconds["outer"] == pytest.approx(0.1, abs=0.03)
-    assert seconds["other (Python, I/O)"] == pytest.approx(0.1, abs=0.04)
+    def wait(seconds):
+        clock[0] += seconds
+
+    progress.reset_phases()
+    with progress.phase("outer"):
+        wait(1.0)
+        with progress.phase("inner"):
+            wait(2.0)
+        wait(0.5)
+    wait(4.0)  # outside any phase
+    assert progress.phase_seconds(total=7.5) == {"outer": 1.5, "inner": 2.0, "other (Python, I/O)": 4.0}
+    with progress.phase("open"):
+        wait(3.0)
+        progress.reset_phases()  # a run starts inside an open phase: only what follows counts
+        wait(1.0)
+    assert progress.phase_seconds() == {"open": 1.0}
+
+
+class BatchSensitiveChat(FakeModel):
+    """Answers that depend on how many prompts are computed together, as floating-point batches do."""
+
+    def _generate(self, requests, decoding, progress):
+        for index, gen in super()._generate(requests, decoding, progress):
+            yield index, Generation(f"{gen.text} ({len(requests)} in the call)", gen.prompt_tokens, gen.completion_tokens)
+
+
+def test_a_resumed_generate_call_gives_the_answers_of_an_uninterrupted_one(tmp_path):
+    prompts = [f"What is the capital of country {k}?" for k in range(5)]
+    first = BatchSensitiveChat(CallCache(tmp_path / "a.sqlite")).generate(prompts)
+    resumed = CallCache(tmp_path / "b.sqlite")
+    model = BatchSensitiveChat(resumed)
+    for prompt, gen in zip(prompts[:2], first[:2]):  # a run killed after storing two answers
+        resumed.put(generation_key(model.model_id, model.payload(prompt, True), 48, 0.0, 0, [])[0], gen.cache_record())
+    assert [g.text for g in model.generate(prompts)] == [g.text for g in first]
+
+
+def test_no_completed_task_draws_no_evaluation_chart(tmp_path):
+    from ads_cli.charts import evaluation_charts
+
+    assert evaluation_charts({"completed_tasks": 0, "lenses": {"metric": {"methods": {}, "by_category": {}}}}, tmp_path) == []
+    assert not list(tmp_path.iterdir())

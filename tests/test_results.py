@@ -85,7 +85,7 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     assert "Task:" in view["prompt"]
     assert "warning" not in view
     other = runner.invoke(app, ["inspect", task_id, "--json", "--no-answers", *same, "--set", "train.lambda=0.9"])
-    assert "train settings (lambda)" in orjson.loads(other.stdout)["warning"]  # the iteration was not written with these
+    assert "other settings (train.lambda)" in orjson.loads(other.stdout)["warning"]  # the iteration was not written with these
     text = runner.invoke(app, ["inspect", task_id, "--iter", "2"])
     assert text.exit_code == 0 and "optimizer prompt" in text.output and mine[0]["trajectory_id"].split("#")[1] in text.output
 
@@ -102,3 +102,39 @@ def test_inspect_errors_are_one_line(evaluated, monkeypatch, args, message):
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert re.search(message, result.output), result.output
+
+
+def test_a_task_keeps_earlier_data_end_to_end_and_inspect_shows_it(trained, tmp_path, monkeypatch):
+    """Iteration 2 keeps iteration 1's data for a task when nothing new does as well: its best
+    row says so, and `ads inspect` scores the policy with those earlier items."""
+    from ads_cli.jsonl import read_jsonl, write_jsonl
+    from ads_cli.params import load
+    from ads_cli.paths import Paths
+    from ads_cli.stages import train
+
+    root = tmp_path / "p"
+    shutil.copytree(trained.root, root)
+    monkeypatch.chdir(root)
+    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace(str(trained.root), str(root)))
+    paths = Paths(root)
+    with_items = next(e for e in read_jsonl(paths.executions(1)) if e["items"])
+    task_id = with_items["task_id"]
+    calls = next(t["calls"] for t in read_jsonl(paths.trajectories(1)) if t["trajectory_id"] == with_items["trajectory_id"])
+    exemplars = read_jsonl(paths.exemplars(1))
+    for e in exemplars:  # as if iteration 1 had kept this trajectory with a reward nothing beats
+        if e["task_id"] == task_id:
+            e.update(calls=calls, reward=5.0, iteration=1, trajectory_id=with_items["trajectory_id"])
+    write_jsonl(paths.exemplars(1), exemplars)
+    params = load(root / "params.yaml", ["train.min_reward=-1"])
+    train.update(params, paths, 2)
+    best = next(b for b in read_jsonl(paths.best(2)) if b["task_id"] == task_id)
+    assert best == {"task_id": task_id, "trajectory_id": with_items["trajectory_id"], "calls": calls, "reward": 5.0, "iteration": 1}
+    kept = next(e for e in read_jsonl(paths.exemplars(2)) if e["task_id"] == task_id)
+    assert kept["reward"] == 5.0 and kept["iteration"] == 1
+    result = runner.invoke(app, ["inspect", task_id, "--iter", "2", "--json", "--set", "train.min_reward=-1"])
+    assert result.exit_code == 0, result.output
+    view = orjson.loads(result.stdout)
+    assert view["kept"]["iteration"] == 1 and not any(t["kept"] for t in view["trajectories"])
+    from ads_cli.stages.inspect import kept_items
+
+    assert kept_items(paths, view["kept"]) == with_items["items"]  # the earlier iteration's items

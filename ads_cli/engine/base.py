@@ -61,13 +61,15 @@ class Decoding:
 
 @dataclass(frozen=True)
 class Request:
-    """One prompt that the cache did not answer: `payload` is what the model reads, `seed` its
-    own sampling seed (None when greedy)."""
+    """One prompt of a `generate` call: `payload` is what the model reads, `seed` its own
+    sampling seed (None when greedy). `needed` is False when the cache holds its answer: a
+    backend may skip it, but batches the prompts as if it were there."""
 
     index: int
     key: str
     payload: str | list[dict]
     seed: int | None
+    needed: bool = True
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,16 @@ class Model(ABC):
 
     @abstractmethod
     def _generate(self, requests: list[Request], decoding: Decoding, progress) -> Iterator[tuple[int, Generation]]:
-        """Answer every request; yield (request.index, Generation) as answers arrive."""
+        """Answer the requests; yield (request.index, Generation) as answers arrive, for at least
+        every `needed` one. `requests` are all the prompts of the call, in its order, so that a
+        batch is the same whatever the cache held (as for `_loglikelihood`)."""
 
     @abstractmethod
     def _loglikelihood(self, pairs: list[Scoring], progress) -> Iterator[tuple[int, float]]:
         """Score the pairs; yield (pair.index, log-probability of the continuation) for at least
         every `needed` one. `pairs` are all the pairs of the call, in its order, so that a batch
-        is the same whatever the cache held: a value does not depend on what ran before."""
+        is the same whatever the cache held: a resumed call gives the values of an uninterrupted
+        one (a value still depends on the call's other pairs and on the batch size)."""
 
     # ------------------------------------------------------------ the shared cache loop
 
@@ -138,22 +143,23 @@ class Model(ABC):
         decoding = Decoding(max_new_tokens, temperature, list(stop or []), chat, grammar)
         check_prompts(prompts)
         results: list[Generation | None] = [None] * len(prompts)
-        todo: list[Request] = []
+        requests: list[Request] = []
         for i, prompt in enumerate(prompts):
             payload = self.payload(prompt, chat)
             key, prompt_seed = generation_key(self.model_id, payload, max_new_tokens, temperature, seed, decoding.stop, grammar)
             hit = self.cache.get(key)
             if hit is not None:
                 results[i] = Generation(**hit, cached=True)
-            else:
-                todo.append(Request(i, key, payload, prompt_seed))
+            requests.append(Request(i, key, payload, prompt_seed, needed=hit is None))
+        todo = [r for r in requests if r.needed]
         if todo:
-            keys = {r.index: r.key for r in todo}
             name = f"{self.role}: generate" + (" (constrained)" if grammar is not None else "")
             with track(desc, total=len(todo)) as progress, phase(name):
-                for i, gen in self._generate(todo, decoding, progress):
+                for i, gen in self._generate(requests, decoding, progress):
+                    if not requests[i].needed:
+                        continue
                     if gen.error is None:
-                        self.cache.put(keys[i], gen.cache_record())
+                        self.cache.put(requests[i].key, gen.cache_record())
                     results[i] = gen
         return results  # type: ignore[return-value]
 

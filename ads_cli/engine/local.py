@@ -84,16 +84,19 @@ class LocalModel(TokenizerModel):
     def _generate(self, requests: list[Request], decoding: Decoding, progress):
         encoded = {r.index: self._encode(r.payload, decoding.max_new_tokens) for r in requests}
         seeds = {r.index: r.seed or 0 for r in requests}
+        needed = {r.index for r in requests if r.needed}
         order = sorted(encoded, key=lambda i: -len(encoded[i][0]))
         # every prompt keeps at least one token of its own: its logits start the answer
         prefix, prefix_cache = self._shared_prefix([encoded[i][0] for i in order], [1] * len(order))
         for start in range(0, len(order), self.batch_size):
             batch = order[start: start + self.batch_size]
+            if not needed.intersection(batch):  # every answer of this batch is in the cache
+                continue
             outputs = self._generate_batch([encoded[i][0][len(prefix):] for i in batch], decoding, [seeds[i] for i in batch],
                                            prefix, prefix_cache)
             for i, (text, n_new) in zip(batch, outputs):
                 yield i, Generation(text, len(encoded[i][0]), n_new, truncated=encoded[i][1])
-            progress.step(len(batch))
+            progress.step(len(needed.intersection(batch)))
 
     def _generate_batch(self, batch_ids, decoding: Decoding, seeds, prefix=(), prefix_cache=None):
         """One `model.generate` call; returns (text, new tokens) per row.

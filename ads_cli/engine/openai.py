@@ -203,6 +203,7 @@ class OpenAIModel(TokenizerModel):
     # ------------------------------------------------------------ generation
 
     def _generate(self, requests: list[Request], decoding: Decoding, progress):
+        requests = [r for r in requests if r.needed]  # each prompt is its own request: the cached ones are not sent
         chat, stop = decoding.chat, decoding.stop
         jobs = []
         for r in requests:

@@ -15,6 +15,7 @@ from typing import Any
 from ..cache import call_key
 from ..errors import AdsError
 from ..jsonl import sha256_file
+from ..params import DTYPES
 from ..progress import log
 from ..sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
 
@@ -99,9 +100,6 @@ def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
 _LOADED: dict[tuple, tuple] = {}
 
 
-DTYPES = ("fp32", "int8")
-
-
 def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dtype: str = "fp32") -> tuple[Any, Any, str]:
     """(model, tokenizer, weights digest) of a source, loaded once per process: policy and
     optimizer naming the same source share the weights.
@@ -110,6 +108,8 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
     quantized per batch at run time; torch.ao's quantize_dynamic). The digest then says so, so
     that its answers never mix with fp32 ones in the call cache.
     """
+    if dtype not in DTYPES:
+        raise AdsError(f"lm.dtype: expected {' or '.join(DTYPES)}, got {dtype!r}")
     torch = _torch()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)

@@ -7,7 +7,8 @@ is 0 almost everywhere and there is nothing to learn from).
 
 A trajectory is accepted only if its gain clears the noise (`clears_noise`); per task the best
 accepted one is kept, against the implicit empty one (reward 0, cost 0): the optimizer can
-learn that collecting nothing is best.
+learn that collecting nothing is best. Data an earlier iteration kept stays while nothing new
+does at least as well (`keeps_earlier`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import re
 from ..engine.roles import load_role
 from ..errors import AdsError
 from ..jsonl import read_json, read_jsonl
-from ..method.policy import build_context, score_with_context
+from ..method.policy import build_context, score_after_lora, score_with_context
 from ..method.tasks import last_message, load_tasks
 from ..paths import Paths
 
@@ -76,35 +76,55 @@ def gather(params: dict, paths: Paths, task_id: str, iteration: int | None = Non
     view = {"task": {"id": task["id"], "name": task["name"], "category": task["category"], "metric": task["metric"]},
             "iteration": k, "iterations": done, "prompt": trajectories[0]["prompt"] if trajectories else "",
             "trajectories": shown, "kept": best}
-    trained_with = read_json(paths.train_manifest(k))["params"] if paths.train_manifest(k).exists() else params["train"]
-    changed = sorted(key for key in params["train"] if trained_with.get(key) != params["train"][key])
+    changed = settings_changed(params, paths, k)
     if changed:  # data/iter_K/ is working state: `dvc exp run` or a run with other settings leaves its own there
-        view["warning"] = (f"data/iter_{k}/ was written with other train settings ({', '.join(changed)});"
+        view["warning"] = (f"data/iter_{k}/ was written with other settings ({', '.join(changed)});"
                            f" run `ads train` to bring it in line with params.yaml")
     if answers:
         view["answers"] = policy_answers(params, paths, task, best)
     return view
 
 
+NOT_SHAPING = {"iterations", "tie_epsilon", "tie_epsilon_likelihood"}  # train keys that do not change data/iter_K
+
+
+def settings_changed(params: dict, paths: Paths, k: int) -> list[str]:
+    """The sample and train settings that differ between params and what wrote iteration K
+    (as its manifests recorded them)."""
+    changed = []
+    for section, manifest in (("sample", paths.sample_manifest(k)), ("train", paths.train_manifest(k))):
+        if manifest.exists():
+            written = read_json(manifest)["params"]
+            changed += [f"{section}.{key}" for key in sorted(params[section])
+                        if key not in NOT_SHAPING and written.get(key) != params[section][key]]
+    return changed
+
+
 def kept_items(paths: Paths, best: dict | None) -> list[dict]:
     """The items the kept trajectory collected (it may come from an earlier iteration)."""
-    if not best or not best["trajectory_id"]:
+    if not best or not best["calls"] or not best.get("trajectory_id") or "iteration" not in best:
         return []
-    k = int(best["trajectory_id"].rsplit("#", 1)[1].split(".")[0])
-    for ex in read_jsonl(paths.executions(k)):
+    for ex in read_jsonl(paths.executions(best["iteration"])):
         if ex["trajectory_id"] == best["trajectory_id"]:
             return ex["items"]
     return []
 
 
 def policy_answers(params: dict, paths: Paths, task: dict, best: dict | None) -> list[dict]:
-    """The policy's answers to the first held-out examples, without and with the kept data."""
+    """The policy's answers to the first held-out examples, without and with the kept data,
+    updated as `train.update` says (the data in the prompt, or a LoRA fine-tune on it)."""
     shown = dict(task, heldout=task["heldout"][:SHOWN_EXAMPLES])
     policy = load_role(params, "policy", paths)
     t, max_tokens = params["train"], params["lm"]["max_new_tokens"]
-    context = build_context(task, kept_items(paths, best), t["context_tokens"], policy.count_tokens)
+    items = kept_items(paths, best)
     without = score_with_context(policy, shown, "", max_tokens, "inspect: no data", t["fewshot"])
-    with_data = score_with_context(policy, shown, context, max_tokens, "inspect: kept data", t["fewshot"]) if context else without
+    with_data = without
+    if items and t["update"] == "lora":
+        lenses, _ = score_after_lora(policy, shown, items, params)
+        with_data = [{"answer": a, "score": s} for a, s in zip(lenses["answers"], lenses["metric"])]
+    elif items:
+        context = build_context(task, items, t["context_tokens"], policy.count_tokens)
+        with_data = score_with_context(policy, shown, context, max_tokens, "inspect: kept data", t["fewshot"])
     return [{"question": _clip(last_message(e["input"]), 300), "reference": e["reference"],
              "without": {"answer": a["answer"], "score": a["score"]}, "with_kept_data": {"answer": b["answer"], "score": b["score"]}}
             for e, a, b in zip(shown["heldout"], without, with_data)]
@@ -140,7 +160,8 @@ def render(view: dict):
         parts.append(Panel(stats + "\n" + body, title=f"trajectory {escape(tr['trajectory_id'].rsplit('#', 1)[1])}",
                            title_align="left", border_style="green" if tr["kept"] else "dim"))
     kept = view["kept"]
-    parts.append("kept: " + (escape(kept["trajectory_id"]) + f" (reward {kept['reward']:+.3f})" if kept and kept["trajectory_id"]
+    parts.append("kept: " + (escape(kept.get("trajectory_id") or "an earlier iteration's data") + f" (reward {kept['reward']:+.3f})"
+                             if kept and kept["calls"]
                              else "nothing (no trajectory cleared the noise with a reward above the empty one's)"))
     if "answers" in view:
         answers = Table(title="the policy on held-out examples", show_lines=True)

@@ -4,9 +4,10 @@ One iteration K: `ads sample` -> `ads execute` -> update. The update:
 1. the policy answers each task's held-out examples with a trajectory's collected items in its
    prompt (`icl`) or after a LoRA fine-tune on them (`lora`);
 2. reward = score gain over the no-data policy - lambda * cost / cost_scale (method/reward.py);
-3. rejection sampling: per task, the best trajectory (or "none", whose reward is 0 by
-   definition) is kept if its reward >= min_reward; it joins the optimizer's exemplars for
-   iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
+3. rejection sampling: per task, the best accepted trajectory (or "none", whose reward is 0 by
+   definition) is kept if its reward >= min_reward, unless an earlier iteration's kept data
+   did at least as well (`keeps_earlier`: then that stays); it joins the optimizer's exemplars
+   for iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
 4. best-versus-worst pairs are exported for DPO, and per-iteration metrics are appended.
 
 Everything expensive goes through the call cache and the execute journal, so a partly finished
@@ -98,11 +99,14 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         if best is not None:
             earlier = exemplars.get(task_id)
             if keeps_earlier(earlier, best):
-                best = {"trajectory_id": earlier.get("trajectory_id"), "calls": earlier["calls"], "reward": earlier["reward"]}
+                best = {"trajectory_id": earlier.get("trajectory_id"), "calls": earlier["calls"], "reward": earlier["reward"],
+                        "iteration": earlier["iteration"]}
             else:
                 exemplars[task_id] = exemplar_from(task, observed_answers[task_id], best["calls"], best["reward"], iteration,
                                                    best["trajectory_id"])
-            best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"]})
+                best = best | {"iteration": iteration}
+            best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"],
+                              "iteration": best["iteration"]})
         pair = preference_pairs(by_task[task_id], trajectories.get(by_task[task_id][0]["trajectory_id"], {}).get("prompt", ""))
         if pair:
             pairs.append(pair)
