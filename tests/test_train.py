@@ -138,3 +138,21 @@ def test_python_api_runs_the_loop(trained, tmp_path):
     for name in ("trajectories", "rewards", "optimizer_state"):
         rel = f"data/iter_1/{name}.jsonl"
         assert (copy / rel).read_bytes() == (trained.root / rel).read_bytes(), rel
+
+
+def test_an_adapter_left_by_an_earlier_sft_run_is_not_used(trained, tmp_path):
+    from ads_cli.params import load
+    from ads_cli.paths import Paths
+    from ads_cli.stages import train
+
+    root = tmp_path / "p"
+    shutil.copytree(trained.root, root)
+    paths = Paths(root)
+    leftover = paths.optimizer_lora(1)
+    leftover.mkdir()
+    (leftover / "adapter_config.json").write_text("{}")  # would break the optimizer if it were loaded
+    params = load(root / "params.yaml", [f"lm.call_cache={trained.root / 'calls.sqlite'}", "train.min_reward=-1"])
+    train.update(params, paths, 1)
+    assert not leftover.exists()
+    train.export_optimizer(paths, 1)
+    assert not paths.optimizer_adapter.exists()

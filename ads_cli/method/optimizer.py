@@ -171,7 +171,7 @@ def load_optimizer(params: dict, paths: Paths, iteration: int) -> tuple[Model, l
     """The optimizer going into `iteration`: its model (LoRA-tuned under `sft`) and learned exemplars."""
     exemplars = load_exemplars(paths, iteration)
     optimizer = load_role(params, "optimizer", paths)
-    if iteration > 1:
+    if iteration > 1 and params["train"]["optimizer_update"] == "sft":
         optimizer = with_adapter(optimizer, paths.optimizer_lora(iteration - 1))
     return optimizer, exemplars
 

@@ -121,6 +121,8 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         if pairs:
             optimizer = load_role(params, "optimizer", paths)
             sft_seconds = train_optimizer_sft(t, optimizer, pairs, paths.optimizer_lora(iteration))
+    else:  # an adapter an earlier sft run left here is not this run's optimizer
+        shutil.rmtree(paths.optimizer_lora(iteration), ignore_errors=True)
 
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
     task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())} if likelihood else None
