@@ -45,8 +45,9 @@ class _SeededSampler:
 class LocalModel(TokenizerModel):
     """A transformers causal LM in this process; `model_id` is its weights' hash."""
 
-    def __init__(self, model, tokenizer, model_id: str, name: str, batch_size: int = 16, cache: CallCache | None = None):
-        self.model, self.tok = model, tokenizer
+    def __init__(self, model, tokenizer, model_id: str, name: str, batch_size: int = 16, cache: CallCache | None = None,
+                 role: str = "model"):
+        self.model, self.tok, self.role = model, tokenizer, role
         self._model_id, self.name = model_id, name
         self.batch_size = batch_size
         self.cache = cache or CallCache(None)
@@ -88,15 +89,11 @@ class LocalModel(TokenizerModel):
         order = sorted(encoded, key=lambda i: -len(encoded[i][0]))
         # every prompt keeps at least one token of its own: its logits start the answer
         prefix, prefix_cache = self._shared_prefix([encoded[i][0] for i in order], [1] * len(order))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start: start + self.batch_size]
-            if not needed.intersection(batch):  # every answer of this batch is in the cache
-                continue
+        for batch in self._needed_batches(order, needed, progress):
             outputs = self._generate_batch([encoded[i][0][len(prefix):] for i in batch], decoding, [seeds[i] for i in batch],
                                            prefix, prefix_cache)
             for i, (text, n_new) in zip(batch, outputs):
                 yield i, Generation(text, len(encoded[i][0]), n_new, truncated=encoded[i][1])
-            progress.step(len(needed.intersection(batch)))
 
     def _generate_batch(self, batch_ids, decoding: Decoding, seeds, prefix=(), prefix_cache=None):
         """One `model.generate` call; returns (text, new tokens) per row.
@@ -166,11 +163,8 @@ class LocalModel(TokenizerModel):
             rows[pair.index] = (ids, min(len(cont), len(ids) - 1))
         needed = {p.index for p in pairs if p.needed}
         order = sorted(rows, key=lambda i: (-len(rows[i][0]), i))
-        batches = [order[start: start + self.batch_size] for start in range(0, len(order), self.batch_size)]
         prefix, prefix_cache = self._shared_prefix([rows[i][0] for i in order], [rows[i][1] + 1 for i in order])
-        for batch in batches:
-            if not needed.intersection(batch):
-                continue
+        for batch in self._needed_batches(order, needed, progress):
             input_ids, attention = self._left_padded(len(prefix), [rows[i][0][len(prefix):] for i in batch])
             positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, len(prefix):]
             keep = max(rows[i][1] for i in batch) + 1
@@ -185,7 +179,17 @@ class LocalModel(TokenizerModel):
                 # logit k of the kept ones predicts the token after input position width - keep + k
                 picked = logprobs[row, keep - n - 1: keep - 1].gather(-1, targets[:, None])
                 yield i, float(picked.sum())
-            progress.step(len(needed.intersection(batch)))
+
+    def _needed_batches(self, order: list[int], needed: set[int], progress):
+        """Batches of `batch_size` rows over `order`, which holds every row of the call (cached
+        ones too), so a batch is the same on a first and on a resumed run. A batch without a
+        `needed` row is skipped; progress counts the needed rows."""
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start: start + self.batch_size]
+            n_needed = len(needed.intersection(batch))
+            if n_needed:
+                yield batch
+                progress.step(n_needed)
 
     def _shared_prefix(self, seqs: list[list[int]], own: list[int]) -> tuple[list[int], object]:
         """The token prefix all `seqs` share, and its KV cache, when it is long enough to pay.

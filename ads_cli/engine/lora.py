@@ -89,9 +89,7 @@ def renamed(lm: Model, model_id: str) -> LocalModel:
     """The same weights under another `model_id`: the cache keys of a fine-tune's answers."""
     if not isinstance(lm, LocalModel):
         raise AdsError("train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
-    tuned = LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache)
-    tuned.role = lm.role
-    return tuned
+    return LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache, role=lm.role)
 
 
 def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]], model_id: str, use) -> tuple[object, float]:
@@ -138,6 +136,5 @@ def with_adapter(optimizer: Model, adapter: Path) -> Model:
     model = PeftModel.from_pretrained(copy.deepcopy(optimizer.model), str(adapter))
     model.eval()
     digest = call_key(optimizer.model_id, *[sha256_file(p) for p in sorted(adapter.glob("*.safetensors"))])
-    tuned = LocalModel(model, optimizer.tok, digest, f"{optimizer.name}+{adapter}", optimizer.batch_size, optimizer.cache)
-    tuned.role = optimizer.role
-    return tuned
+    return LocalModel(model, optimizer.tok, digest, f"{optimizer.name}+{adapter}", optimizer.batch_size, optimizer.cache,
+                      role=optimizer.role)

@@ -113,16 +113,13 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
     torch = _torch()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)
-    if dtype == "int8":
-        if (target, digest, dtype) not in _LOADED:
-            model, tokenizer = _load_fp32(source, target)  # quantized in place: one copy of the weights
-            _LOADED[(target, digest, dtype)] = (quantize_int8(model), tokenizer)
-        model, tokenizer = _LOADED[(target, digest, dtype)]
-        return model, tokenizer, f"{digest}:int8"
-    if (target, digest) not in _LOADED:
-        _LOADED[(target, digest)] = _load_fp32(source, target)
-    model, tokenizer = _LOADED[(target, digest)]
-    return model, tokenizer, digest
+    if (target, digest, dtype) not in _LOADED:
+        model, tokenizer = _load_fp32(source, target)
+        if dtype == "int8":
+            model = quantize_int8(model)  # in place: one copy of the weights
+        _LOADED[(target, digest, dtype)] = (model, tokenizer)
+    model, tokenizer = _LOADED[(target, digest, dtype)]
+    return model, tokenizer, digest if dtype == "fp32" else f"{digest}:{dtype}"
 
 
 def quantize_int8(model):

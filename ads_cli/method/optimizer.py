@@ -22,7 +22,7 @@ from ..engine.lora import with_adapter
 from ..engine.roles import load_role
 from ..jsonl import read_jsonl
 from ..paths import Paths
-from .tasks import last_message, references
+from .tasks import clip, last_message, references
 
 # stop at the end of the trajectory, and where a 135M optimizer starts copying the prompt's own
 # fields (" | correct: ...", " (score 0.0)") into an argument
@@ -35,15 +35,10 @@ def seed_exemplars() -> list[dict]:
     return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def _clip(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
 def _block(name: str, category: str, examples: list[tuple[str, str, str, float]]) -> str:
     lines = [f"Task: {name} ({category})"]
     for question, reference, answer, s in examples:
-        lines.append(f"Example: {_clip(question, 160)} | correct: {_clip(reference, 40)} | model said: {_clip(answer, 60)} (score {s:.1f})")
+        lines.append(f"Example: {clip(question, 160)} | correct: {clip(reference, 40)} | model said: {clip(answer, 60)} (score {s:.1f})")
     lines.append("Calls:")
     return "\n".join(lines)
 
@@ -127,7 +122,7 @@ def parse_trajectory(raw: str, api_names: set[str], max_calls: int) -> tuple[lis
             return [], None
         m = _CALL.match(text)
         if not m:
-            return [], f"not a call at line {n}: {_clip(text, 40)!r} (expected 'api: argument')"
+            return [], f"not a call at line {n}: {clip(text, 40)!r} (expected 'api: argument')"
         api, arg = m["api"].lower(), m["arg"]
         if api not in api_names:
             return [], f"unknown API at line {n}: {api!r}"

@@ -32,6 +32,12 @@ def last_message(value: Any) -> str:
     return input_text(value)
 
 
+def clip(text: str, n: int) -> str:
+    """`text` on one line (whitespace runs folded), cut to `n` characters with "..." when longer."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def references(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 

@@ -158,9 +158,9 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     # folder still holds them, so that the report depends only on what evaluate reads
     write_text(paths.report, report(evaluation, evaluation_charts(evaluation, paths.plots) + TRAIN_CHARTS))
     # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
+    total = time.monotonic() - started
     run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
-                "timings": {"total_s": round(time.monotonic() - started, 3)},
-                "phases": phase_seconds(time.monotonic() - started)}
+                "timings": {"total_s": round(total, 3)}, "phases": phase_seconds(total)}
     write_json(paths.run_log("evaluate"), run_info)
     return evaluation | {"run": run_info}
 

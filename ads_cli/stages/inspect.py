@@ -15,8 +15,8 @@ import re
 from ..engine.roles import load_role
 from ..errors import AdsError
 from ..jsonl import read_json, read_jsonl
-from ..method.policy import build_context, score_after_lora, score_with_context
-from ..method.tasks import last_message, load_tasks
+from ..method.policy import build_context, item_text, score_after_lora, score_with_context
+from ..method.tasks import clip, last_message, load_tasks
 from ..paths import Paths
 
 SHOWN_EXAMPLES = 2
@@ -27,11 +27,6 @@ def iterations_done(paths: Paths) -> list[int]:
     """The iterations whose update finished (their rewards are written), in order."""
     found = [int(m[1]) for p in paths.data.glob("iter_*") if (m := re.fullmatch(r"iter_(\d+)", p.name))]
     return sorted(k for k in found if paths.rewards(k).exists())
-
-
-def _clip(text: str, n: int = ITEM_CHARS) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def find_task(tasks: list[dict], task_id: str, where: str) -> dict:
@@ -65,8 +60,7 @@ def gather(params: dict, paths: Paths, task_id: str, iteration: int | None = Non
         for j, call in enumerate(tr["calls"]):
             items = [i for i in ex.get("items", []) if i.get("call") == j]
             calls.append({"api": call["api"], "arg": call["arg"],
-                          "items": [_clip(f"{i['title']}: {i['text']}" if i.get("title") else i.get("text") or i.get("answer")
-                                          or f"Q: {i.get('instruction', '')} A: {i.get('response', '')}") for i in items]})
+                          "items": [clip(item_text(i), ITEM_CHARS) for i in items]})
         lenses = {lens: {"gain": rw[f"{lens}_gain"], "scores": rw[f"{lens}_scores"]} for lens in ("metric", "likelihood")
                   if f"{lens}_gain" in rw}
         shown.append({"trajectory_id": tr["trajectory_id"], "raw": tr["raw"], "parse_error": tr.get("parse_error"),
@@ -125,7 +119,7 @@ def policy_answers(params: dict, paths: Paths, task: dict, best: dict | None) ->
     elif items:
         context = build_context(task, items, t["context_tokens"], policy.count_tokens)
         with_data = score_with_context(policy, shown, context, max_tokens, "inspect: kept data", t["fewshot"])
-    return [{"question": _clip(last_message(e["input"]), 300), "reference": e["reference"],
+    return [{"question": clip(last_message(e["input"]), 300), "reference": e["reference"],
              "without": {"answer": a["answer"], "score": a["score"]}, "with_kept_data": {"answer": b["answer"], "score": b["score"]}}
             for e, a, b in zip(shown["heldout"], without, with_data)]
 
