@@ -182,10 +182,11 @@ def test_sigkill_during_train_then_rerun_matches(trained, tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", [2])
-def test_sigkill_during_evaluate_then_rerun_matches(trained, tmp_path, seed):
+def test_sigkill_during_evaluate_then_rerun_matches(trained, tmp_path, monkeypatch, seed):
     reference = copy_project(trained.root, tmp_path / "ref")
-    assert subprocess.run([sys.executable, "-c", "from ads_cli.cli import app; app()", "evaluate"], cwd=reference,
-                          capture_output=True).returncode == 0
+    with monkeypatch.context() as m:  # the uninterrupted run, in this process (the killed one needs its own)
+        m.chdir(reference)
+        assert runner.invoke(app, ["evaluate"]).exit_code == 0
     project = copy_project(trained.root, tmp_path / "p")
     shutil.rmtree(project / "results", ignore_errors=True)
     args = ["evaluate", "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
