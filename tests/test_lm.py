@@ -209,3 +209,15 @@ def test_int8_has_its_own_cache_identity_and_still_ranks_answers(smol, tmp_path)
     prompt = int8.render("What is the capital of France?")
     paris, london = int8.loglikelihood([(prompt, "Paris"), (prompt, "London")])
     assert paris > london
+
+
+def test_an_sft_adapter_on_int8_weights_is_one_line(smol, tmp_path):
+    from ads_cli.engine.lora import with_adapter
+
+    adapter = tmp_path / "optimizer_lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    int8 = LocalModel(smol.model, smol.tok, smol.model_id + ":int8", SMOLLM2)
+    with pytest.raises(AdsError, match=r"optimizer_lora: a LoRA adapter \(optimizer_update=sft\) applies to fp32 weights") as e:
+        with_adapter(int8, adapter)
+    assert "\n" not in str(e.value)
