@@ -119,6 +119,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "evaluate": {
         "likelihood": True,
+        "check_observed": True,
         "tie_epsilon": 0.05,
         "tie_epsilon_likelihood": 0.02,
         "seed": 0,

@@ -59,6 +59,12 @@ def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
         assert t["methods"]["ads"]["score"] == t["score"] and 0 <= t["score"] <= 1
         assert all(m["likelihood"] <= 0 for m in t["methods"].values())  # log2 p per byte
         assert t["methods"]["fewshot"]["likelihood"] == t["methods"]["no_data"]["likelihood"]  # the default layout is few-shot
+        m, lenses = t["methods"], ("score", "likelihood")
+        check = m["ads"].get("check")  # present when the trajectory collected something
+        chosen = m["ads_unchecked"] if check is None or check["kept"] else m["no_data"]
+        assert [m["ads"][k] for k in lenses] == [chosen[k] for k in lenses] and m["ads"]["cost"] == m["ads_unchecked"]["cost"]
+    checks = [t["methods"]["ads"]["check"]["kept"] for t in ev["task_results"] if "check" in t["methods"]["ads"]]
+    assert checks, "no test task collected data: the check was not exercised"
     assert ev["metrics"] == ev["lenses"]["metric"] and set(ev["lenses"]) == {"metric", "likelihood"}
     report = (trained.root / "results/report.md").read_text()
     for lens, section in (("metric", "## Metric lens"), ("likelihood", "## Likelihood lens")):
@@ -100,3 +106,47 @@ def test_evaluate_needs_a_trained_optimizer(project, user_files):
     assert runner.invoke(app, ["index"]).exit_code == 0
     result = runner.invoke(app, ["evaluate"])
     assert result.exit_code == 2 and "run `ads train` first" in result.output
+
+
+class _ScoringRecorder:
+    """Wraps the fake model; records every prompt the check scores."""
+
+    def __init__(self):
+        from ads_fake_backend import FakeModel
+        from ads_cli.cache import CallCache
+
+        self.model, self.contexts = FakeModel(CallCache(None)), []
+        original = self.model.loglikelihood
+
+        def loglikelihood(pairs, desc="score"):
+            self.contexts += [context for context, _ in pairs]
+            return original(pairs, desc=desc)
+
+        self.model.loglikelihood = loglikelihood
+
+
+def _check_task():
+    observed = [{"input": f"Which river flows past town {k}?", "reference": ref} for k, ref in enumerate(["Danube", "Rhine", "Volga"])]
+    heldout = [{"input": "Which river flows past Cairo?", "reference": "Nile"}]
+    return {"id": "rivers", "metric": "exact", "observed": observed, "heldout": heldout}
+
+
+CHECK_PARAMS = {"train": {"reward": "likelihood", "fewshot": True}, "lm": {"max_new_tokens": 8}, "evaluate": {"seed": 0}}
+
+
+@pytest.mark.parametrize("context, kept", [
+    ("Danube Rhine Volga: rivers of Europe", True),  # every observed reference becomes likelier
+    ("Danube: a river of Europe", False),  # one of three: a resample of the observed examples reaches 0
+    ("Nile: a river of Africa", False),  # helps only the held-out example, which the check never reads
+])
+def test_ads_keeps_its_data_only_if_it_clears_the_noise_on_the_observed_examples(context, kept):
+    recorder = _ScoringRecorder()
+    ads, no_data = {"score": 0.0, "likelihood": -1.5, "cost": 70.0, "calls": ["c"]}, {"score": 0.0, "likelihood": -2.0}
+    out = evaluate.checked_on_observed(recorder.model, _check_task(), context, ads, no_data, CHECK_PARAMS)
+    assert out["check"]["kept"] is kept and len(out["check"]["observed_gains"]) == 3
+    assert out["likelihood"] == (-1.5 if kept else -2.0) and out["cost"] == 70.0 and out["calls"] == ["c"]  # the calls were paid
+    assert not any("Cairo" in c for c in recorder.contexts)  # the held-out question is never in a scored prompt
+    # leave one out: each observed example is scored with the other two as demonstrations, never itself
+    for k, ref in enumerate(["Danube", "Rhine", "Volga"]):
+        own = [c for c in recorder.contexts if c.endswith(f"town {k}?\nassistant: ")]
+        assert own and all(f"assistant: {ref}" not in c for c in own)

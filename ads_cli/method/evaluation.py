@@ -17,7 +17,7 @@ from .stats import bootstrap_ci, mean, paired_summary
 LENS_FIELD = {"metric": "score", "likelihood": "likelihood"}
 # baselines: what ADS is compared with; the reference point uses held-out inputs, so it is
 # reported but is not a baseline to beat
-METHODS = ["ads", "no_data", "zero_shot", "fewshot", "random", "random_docs", "retrieve_only", "demonstrate_only",
+METHODS = ["ads", "ads_unchecked", "no_data", "zero_shot", "fewshot", "random", "random_docs", "retrieve_only", "demonstrate_only",
            "answer_only", "iter0"]
 REFERENCE = "reference_retrieval"
 UNITS = {"metric": "the task's metric, 0 to 1", "likelihood": "log2 p(reference) per UTF-8 byte, higher is better"}
@@ -89,6 +89,8 @@ def report(evaluation: dict, charts: list[str] = ()) -> str:
     for t in evaluation["task_results"]:
         calls = "; ".join(f"{c['api']}: {c['arg'][:40]}" for c in t["trajectory"]) or ("parse error" if t["parse_error"] else "none")
         m = t["methods"]
+        if not m["ads"].get("check", {}).get("kept", True):
+            calls += " (data dropped: no gain on the observed examples)"
         likelihood = [f"{m[x]['likelihood']:.3f}" if "likelihood" in m[x] else "—" for x in ("no_data", "ads")]
         lines.append(f"| {t['task']} | {t['metric']} | {calls.replace('|', '/')} | {m['no_data']['score']:.3f} | {m['ads']['score']:.3f}"
                      f" | {likelihood[0]} | {likelihood[1]} |")

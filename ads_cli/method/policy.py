@@ -162,6 +162,21 @@ def likelihood_scores(model: Model, task: dict, context: str | list[str], desc: 
     return [round(b, 6) for b in best]
 
 
+def observed_scores(model: Model, task: dict, context: str, lens: str, max_new_tokens: int, desc: str,
+                    fewshot: bool) -> list[float]:
+    """One lens on the task's observed examples (never the held-out ones), each answered with
+    `context` and, with `fewshot`, the other observed examples as demonstrations (leave one out,
+    as `answer_observed`): what a deployed ADS can check its collected data against."""
+    out = []
+    for j, example in enumerate(task["observed"]):
+        view = dict(task, heldout=[example], observed=[o for k, o in enumerate(task["observed"]) if k != j])
+        if lens == "likelihood":
+            out += likelihood_scores(model, view, context, desc, fewshot)
+        else:
+            out += [a["score"] for a in score_with_context(model, view, context, max_new_tokens, desc, fewshot)]
+    return out
+
+
 def require_likelihood(policy: Model, needed_by: str) -> None:
     """Stop before any work when the policy cannot score likelihoods (a server without correct
     prompt logprobs), saying what to set instead."""

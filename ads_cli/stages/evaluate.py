@@ -4,7 +4,9 @@ Per test task, on the same held-out examples in one run, each method is scored i
 lens (the policy answers; the task's metric) and the likelihood lens (log2 p of the references
 per byte), with the policy's prompt laid out as in training (`train.fewshot`):
 - `ads`: the final optimizer writes one trajectory (greedy) from the observed examples; it is
-  executed and the policy answers with the collected data;
+  executed and the policy answers with the collected data if that data clears the noise on the
+  task's observed examples (`evaluate.check_observed`, `checked_on_observed`), else with none;
+  `ads_unchecked` keeps the data unconditionally (ADS before that check);
 - `no_data`: the policy's default prompt with no collected data (with `train.fewshot` this
   is few-shot); `zero_shot`: the bare question; `fewshot`: the observed examples as
   demonstrations, at cost 0 (what every practitioner tries first);
@@ -33,7 +35,8 @@ from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
 from ..charts import evaluation_charts
 from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
-from ..method.policy import answer_observed, build_context, require_likelihood, score_lenses
+from ..method.policy import answer_observed, build_context, observed_scores, require_likelihood, score_lenses
+from ..method.reward import clears_noise, gains
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..params import tie_epsilon
@@ -71,6 +74,8 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     max_tokens, fewshot, budget = params["lm"]["max_new_tokens"], params["train"]["fewshot"], params["train"]["context_tokens"]
     if e["likelihood"]:
         require_likelihood(policy, "evaluate.likelihood=true")
+    elif e["check_observed"] and params["train"]["reward"] == "likelihood":
+        require_likelihood(policy, "evaluate.check_observed=true with train.reward=likelihood")
     observed_answers = answer_observed(policy, tasks, params, "evaluate: observed baseline")
 
     # the trajectories of every method, then all their calls at once (deduplicated, journaled)
@@ -111,11 +116,15 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 methods = {"no_data": no_data | {"cost": 0.0, "calls": []},
                            "zero_shot": scored("", "zero-shot", demos=False) | {"cost": 0.0, "calls": []},
                            "fewshot": scored("", "few-shot", demos=True) | {"cost": 0.0, "calls": []}}
+                contexts = {}
                 for method in TRAJECTORY_METHODS:
                     ex = assemble(trajectories[(tid, method)], call_results)
-                    context = build_context(task, ex["items"], budget, policy.count_tokens)
-                    methods[method] = (scored(context, method) if context else dict(no_data)) | {
+                    contexts[method] = build_context(task, ex["items"], budget, policy.count_tokens)
+                    methods[method] = (scored(contexts[method], method) if contexts[method] else dict(no_data)) | {
                         "cost": ex["cost"], "calls": trajectories[(tid, method)]["calls"], "errors": ex["errors"]}
+                methods["ads_unchecked"] = dict(methods["ads"])
+                if e["check_observed"] and contexts["ads"]:
+                    methods["ads"] = checked_on_observed(policy, task, contexts["ads"], methods["ads"], no_data, params)
                 drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
                 methods["random_docs"] = scored(build_context(task, drawn, budget, policy.count_tokens), "random docs") | {
                     "cost": 0.0, "calls": [], "docs": [d["doc_id"] for d in drawn]}
@@ -163,6 +172,21 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 "timings": {"total_s": round(total, 3)}, "phases": phase_seconds(total)}
     write_json(paths.run_log("evaluate"), run_info)
     return evaluation | {"run": run_info}
+
+
+def checked_on_observed(policy, task: dict, context: str, ads: dict, no_data: dict, params: dict) -> dict:
+    """ADS's data check at deployment: the collected data stays in the policy's prompt only if
+    its gain on the task's observed examples (leave one out, in the `train.reward` lens) clears
+    the noise, the acceptance rule of training (`clears_noise`); otherwise the policy answers
+    with no data. The calls were made either way, so their cost counts. The held-out examples
+    are not looked at."""
+    lens, max_tokens, fewshot = params["train"]["reward"], params["lm"]["max_new_tokens"], params["train"]["fewshot"]
+    with_data, without = (observed_scores(policy, task, c, lens, max_tokens, f"evaluate: ads check ({label})", fewshot)
+                          for c, label in ((context, "data"), ("", "no data")))
+    observed_gains = gains(with_data, without)
+    kept = clears_noise(observed_gains, params["evaluate"]["seed"])
+    scores = {k: v for k, v in (ads if kept else no_data).items() if k in ("score", "likelihood")}
+    return ads | scores | {"check": {"lens": lens, "observed_gains": observed_gains, "kept": kept}}
 
 
 def random_docs(docs: list[dict], k: int, seed: str) -> list[dict]:
