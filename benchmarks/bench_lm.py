@@ -7,7 +7,9 @@
 2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
 3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
    call (shared prefix, batched) vs each pair on its own.
-4. The optimizer's constrained decoding against unconstrained, on its own prompts.
+4. The optimizer's constrained decoding against unconstrained, on its own prompts; a
+   trajectory's prompts answered then scored, with the prefix KV cache kept between the two
+   calls against computed in each.
 5. With --int8: lm.dtype=int8 against fp32 on the same pairs and prompts.
 6. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
    all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
@@ -83,6 +85,7 @@ def scoring(model, pairs: list[tuple[str, str]]) -> dict:
     on its own."""
     n_tokens = sum(model.count_tokens(c + r) for c, r in pairs)
     model.cache = CallCache(None)
+    model.forget_prefixes()
     separate, t_separate = timed(lambda: [model.loglikelihood([p])[0] for p in pairs])
     shared, t_shared = timed(lambda: model.loglikelihood(pairs))
     diff = max(abs(a - b) for a, b in zip(separate, shared))
@@ -90,6 +93,28 @@ def scoring(model, pairs: list[tuple[str, str]]) -> dict:
     print(f"  each pair on its own {t_separate:.2f}s, shared prefix + batched {t_shared:.2f}s: {t_separate / t_shared:.1f}x;"
           f" max |difference| {diff:.2e} nats")
     return {"ratio": t_separate / t_shared, "shared_s": t_shared, "values": shared}
+
+
+def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
+    """A trajectory's prompts answered then scored, as `ads train` and `ads evaluate` do: with the
+    prefix KV cache kept between the two calls against computed in each (KEPT_PREFIXES = 0)."""
+    prompts = list(dict.fromkeys(c for c, _ in pairs))
+    times, values = {}, {}
+    for name, kept in (("computed in each call", 0), ("kept between calls", local_engine.KEPT_PREFIXES)):
+        model.cache = CallCache(None)
+        model.forget_prefixes()
+        local_engine.KEPT_PREFIXES, default = kept, local_engine.KEPT_PREFIXES
+        try:
+            (_, values[name]), times[name] = timed(lambda: (model.generate(prompts, max_new_tokens=new_tokens, chat=False),
+                                                            model.loglikelihood(pairs)))
+        finally:
+            local_engine.KEPT_PREFIXES = default
+    same = values["computed in each call"] == values["kept between calls"]
+    ratio = times["computed in each call"] / times["kept between calls"]
+    print(f"\n{len(prompts)} prompts answered ({new_tokens} new tokens) then {len(pairs)} pairs scored:"
+          f" prefix computed in each call {times['computed in each call']:.2f}s, kept between calls"
+          f" {times['kept between calls']:.2f}s: {ratio:.2f}x; identical scores: {same}")
+    return {"kept_prefix_vs_recomputed": ratio}
 
 
 def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
@@ -105,6 +130,7 @@ def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
     times = {}
     for name, grammar in (("unconstrained", None), ("constrained", call_grammar(apis))):
         model.cache = CallCache(None)
+        model.forget_prefixes()  # the same prompts: the second run must not continue from the first's prefix
         _, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=s["max_new_tokens"], temperature=s["temperature"],
                                                       stop=STOP, chat=False, grammar=grammar))
     print(f"\noptimizer decoding, {len(prompts)} prompts, {s['max_new_tokens']} new tokens, temperature {s['temperature']}:"
@@ -197,11 +223,12 @@ def main() -> None:
     figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]
+    figures |= kept_prefix(model, pairs, 32)
     figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the fp32 engine alone
 
     weight_bytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
     bw = bandwidth_gb_s()
-    print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"\npeak RSS of the fp32 engine {figures['peak_rss_gib'] * 1024:.0f} MiB (before the bandwidth probe's 1 GiB of buffers)")
     print(f"weights {weight_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
           f" batch-1 decode bound {bw * 1e9 / weight_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
     if args.int8:

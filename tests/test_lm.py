@@ -96,6 +96,26 @@ def test_shared_prefix_gives_the_same_answers(model, monkeypatch, temperature):
     assert [g.prompt_tokens for g in shared] == [g.prompt_tokens for g in plain]
 
 
+def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
+    """generate then loglikelihood over the same prompts: the second call continues from the
+    prefix KV cache the first computed, which the batches leave as it was; the numbers are those
+    of an engine that computes the prefix itself."""
+    import torch
+
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    prompts = [smol.render(f"{context}Question: {q}") for q in QUESTIONS]
+    refs = ["Paris", "Shakespeare", "Jupiter", "Red"]
+    engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=3)  # an empty store, no call cache
+    engine.generate(prompts, max_new_tokens=4, chat=False)
+    (key, kept), = engine._prefixes.items()
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in kept.layers]
+    scores = engine.loglikelihood(list(zip(prompts, refs)))
+    assert list(engine._prefixes) == [key] and engine._prefixes[key] is kept  # reused, not computed again
+    assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v) for layer, (k, v) in zip(kept.layers, before))
+    own = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=3).loglikelihood(list(zip(prompts, refs)))
+    assert scores == own
+
+
 def test_call_cache_hits_and_survives_corruption(model, tmp_path):
     first = model.generate(QUESTIONS[:2], max_new_tokens=8)
     second = model.generate(QUESTIONS[:2], max_new_tokens=8)
