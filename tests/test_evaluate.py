@@ -82,6 +82,16 @@ def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
     assert plot == {(lens, m): v["score"] for lens, s in ev["lenses"].items() for m, v in s["methods"].items()}
 
 
+def test_without_the_observed_check_ads_keeps_whatever_it_collected(trained, monkeypatch):
+    monkeypatch.chdir(trained.root)
+    result = runner.invoke(app, ["evaluate", "--set", "evaluate.check_observed=false"])
+    assert result.exit_code == 0, result.output
+    for t in read_json(trained.root / "results/evaluation.json")["task_results"]:
+        m = t["methods"]
+        assert "check" not in m["ads"] and m["ads"] == m["ads_unchecked"]
+    runner.invoke(app, ["evaluate"])  # the session's project back to the default settings
+
+
 def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     monkeypatch.chdir(trained.root)
     mine = read_jsonl(trained.tasks_test)[:1]

@@ -229,8 +229,15 @@ class LocalModel(TokenizerModel):
 def _copy_cache(cache, rows: int):
     """A KV cache for a batch of `rows` that all continue from the one-row `cache`, which stays
     as it is: the layers are new objects whose key and value tensors `batch_repeat_interleave`
-    makes anew (a cache layer replaces its tensors when it grows; it never writes into them).
-    The one copy of the prefix's tensors is that repeat; no deep copy before it."""
+    makes anew (a full-attention layer replaces its tensors when it grows; it never writes into
+    them). The one copy of the prefix's tensors is that repeat; no deep copy before it. Other
+    layer kinds (sliding windows, recurrent states written in place) are deep-copied."""
+    from transformers.cache_utils import DynamicLayer
+
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        copied = copy.deepcopy(cache)
+        copied.batch_repeat_interleave(rows)
+        return copied
     copied = copy.copy(cache)
     copied.layers = [copy.copy(layer) for layer in cache.layers]
     copied.batch_repeat_interleave(rows)
