@@ -234,12 +234,11 @@ def _copy_cache(cache, rows: int):
     layer kinds (sliding windows, recurrent states written in place) are deep-copied."""
     from transformers.cache_utils import DynamicLayer
 
-    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+    if all(type(layer) is DynamicLayer for layer in cache.layers):
+        copied = copy.copy(cache)
+        copied.layers = [copy.copy(layer) for layer in cache.layers]
+    else:
         copied = copy.deepcopy(cache)
-        copied.batch_repeat_interleave(rows)
-        return copied
-    copied = copy.copy(cache)
-    copied.layers = [copy.copy(layer) for layer in cache.layers]
     copied.batch_repeat_interleave(rows)
     return copied
 
