@@ -120,6 +120,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "evaluate": {
         "likelihood": True,
         "check_observed": True,
+        "candidates": 1,
         "tie_epsilon": 0.05,
         "tie_epsilon_likelihood": 0.02,
         "seed": 0,
@@ -194,6 +195,7 @@ def validate(params: dict) -> dict:
     for key in ("n_trajectories", "max_calls", "max_new_tokens"):
         _check_positive(params, "sample", key)
     _check_positive(params, "sample", "n_exemplars", 0)
+    _check_positive(params, "evaluate", "candidates")
     _check_positive(params, "sample", "temperature", 0)
     _check_positive(params, "lm", "temperature", 0)
     _validate_backends(params)

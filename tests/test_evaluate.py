@@ -60,10 +60,15 @@ def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
         assert all(m["likelihood"] <= 0 for m in t["methods"].values())  # log2 p per byte
         assert t["methods"]["fewshot"]["likelihood"] == t["methods"]["no_data"]["likelihood"]  # the default layout is few-shot
         m, lenses = t["methods"], ("score", "likelihood")
-        check = m["ads"].get("check")  # present when the trajectory collected something
-        chosen = m["ads_unchecked"] if check is None or check["kept"] else m["no_data"]
-        assert [m["ads"][k] for k in lenses] == [chosen[k] for k in lenses] and m["ads"]["cost"] == m["ads_unchecked"]["cost"]
-    checks = [t["methods"]["ads"]["check"]["kept"] for t in ev["task_results"] if "check" in t["methods"]["ads"]]
+        check = m["ads"]["check"]
+        assert len(check["candidates"]) == 2 and check["candidates"][0]["calls"] == m["ads_unchecked"]["calls"]  # tiny: 2
+        assert m["ads"]["cost"] == sum(c["cost"] for c in check["candidates"]) >= m["ads_unchecked"]["cost"]
+        if check["chosen"] is None:
+            assert [m["ads"][k] for k in lenses] == [m["no_data"][k] for k in lenses]
+        elif check["chosen"] == 0:
+            assert [m["ads"][k] for k in lenses] == [m["ads_unchecked"][k] for k in lenses]
+        assert m["ads"]["calls"] == check["candidates"][check["chosen"] or 0]["calls"]
+    checks = [c["kept"] for t in ev["task_results"] for c in t["methods"]["ads"]["check"]["candidates"] if c["calls"]]
     assert checks, "no test task collected data: the check was not exercised"
     assert ev["metrics"] == ev["lenses"]["metric"] and set(ev["lenses"]) == {"metric", "likelihood"}
     report = (trained.root / "results/report.md").read_text()
@@ -141,6 +146,10 @@ def _check_task():
     return {"id": "rivers", "metric": "exact", "observed": observed, "heldout": heldout}
 
 
+def _never_scored(context):
+    raise AssertionError(f"the held-out examples were scored again for {context!r}")
+
+
 CHECK_PARAMS = {"train": {"reward": "likelihood", "fewshot": True}, "lm": {"max_new_tokens": 8}, "evaluate": {"seed": 0}}
 
 
@@ -151,12 +160,43 @@ CHECK_PARAMS = {"train": {"reward": "likelihood", "fewshot": True}, "lm": {"max_
 ])
 def test_ads_keeps_its_data_only_if_it_clears_the_noise_on_the_observed_examples(context, kept):
     recorder = _ScoringRecorder()
-    ads, no_data = {"score": 0.0, "likelihood": -1.5, "cost": 70.0, "calls": ["c"]}, {"score": 0.0, "likelihood": -2.0}
-    out = evaluate.checked_on_observed(recorder.model, _check_task(), context, ads, no_data, CHECK_PARAMS)
-    assert out["check"]["kept"] is kept and len(out["check"]["observed_gains"]) == 3
+    ads = {"score": 0.0, "likelihood": -1.5, "cost": 70.0, "calls": ["c"], "trajectory_id": "rivers#3.0", "context": context}
+    no_data = {"score": 0.0, "likelihood": -2.0}
+    out = evaluate.chosen_on_observed(recorder.model, _check_task(), [ads], no_data, CHECK_PARAMS, _never_scored)
+    assert out["check"]["kept"] is kept and len(out["check"]["candidates"][0]["observed_gains"]) == 3
     assert out["likelihood"] == (-1.5 if kept else -2.0) and out["cost"] == 70.0 and out["calls"] == ["c"]  # the calls were paid
     assert not any("Cairo" in c for c in recorder.contexts)  # the held-out question is never in a scored prompt
     # leave one out: each observed example is scored with the other two as demonstrations, never itself
     for k, ref in enumerate(["Danube", "Rhine", "Volga"]):
         own = [c for c in recorder.contexts if c.endswith(f"town {k}?\nassistant: ")]
         assert own and all(f"assistant: {ref}" not in c for c in own)
+
+
+def test_of_several_candidates_ads_keeps_the_one_that_gains_most_on_the_observed_examples():
+    task, no_data = _check_task(), {"score": 0.0, "likelihood": -2.0}
+    scored_again = []
+
+    def candidate(j, context, cost):
+        return {"trajectory_id": f"rivers#3.{j}", "calls": [f"call {j}"], "cost": cost, "errors": [], "context": context}
+
+    candidates = [candidate(0, "Danube: a river of Europe", 10.0),  # gains on one observed example of three: noise
+                  candidate(1, "Danube Rhine Volga: rivers of Europe", 20.0),  # gains on all three
+                  candidate(2, "", 0.0),  # collected nothing
+                  candidate(3, "Danube Rhine Volga Danube Rhine Volga: rivers, rivers of Europe", 40.0)]
+    candidates[0] |= {"score": 0.0, "likelihood": -1.9}
+
+    def score_held_out(context):
+        scored_again.append(context)
+        return {"score": 1.0, "likelihood": -1.0}
+
+    out = evaluate.chosen_on_observed(_ScoringRecorder().model, task, candidates, no_data, CHECK_PARAMS, score_held_out)
+    check = out["check"]
+    assert [c["kept"] for c in check["candidates"]] == [False, True, False, True] and check["candidates"][2]["observed_gains"] == []
+    gains = [sum(c["observed_gains"]) for c in check["candidates"]]
+    assert check["chosen"] == max((1, 3), key=lambda j: gains[j]) and out["calls"] == [f"call {check['chosen']}"]
+    assert scored_again == [candidates[check["chosen"]]["context"]] and out["likelihood"] == -1.0  # only the chosen one
+    assert out["cost"] == 70.0  # every candidate was executed
+    none_clear = evaluate.chosen_on_observed(_ScoringRecorder().model, task, candidates[:1] + candidates[2:3], no_data,
+                                             CHECK_PARAMS, _never_scored)
+    assert none_clear["check"]["chosen"] is None and none_clear["likelihood"] == -2.0 and none_clear["calls"] == ["call 0"]
+    assert none_clear["cost"] == 10.0

@@ -89,7 +89,10 @@ def report(evaluation: dict, charts: list[str] = ()) -> str:
     for t in evaluation["task_results"]:
         calls = "; ".join(f"{c['api']}: {c['arg'][:40]}" for c in t["trajectory"]) or ("parse error" if t["parse_error"] else "none")
         m = t["methods"]
-        if not m["ads"].get("check", {}).get("kept", True):
+        check = m["ads"].get("check")
+        if check and check["chosen"]:
+            calls += f" (candidate {check['chosen'] + 1} of {len(check['candidates'])})"
+        elif check and not check["kept"] and any(c["calls"] for c in check["candidates"]):
             calls += " (data dropped: no gain on the observed examples)"
         likelihood = [f"{m[x]['likelihood']:.3f}" if "likelihood" in m[x] else "—" for x in ("no_data", "ads")]
         lines.append(f"| {t['task']} | {t['metric']} | {calls.replace('|', '/')} | {m['no_data']['score']:.3f} | {m['ads']['score']:.3f}"

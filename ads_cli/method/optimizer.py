@@ -178,8 +178,9 @@ def call_grammar(api_names: list[str]) -> LineGrammar:
 
 
 def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned: list[dict], apis: dict, sample: dict, *,
-            iteration: int, n_trajectories: int, temperature: float, label: str = "sample") -> list[dict]:
-    """The optimizer writes `n_trajectories` per task; trajectory j is sampled with seed + j.
+            iteration: int, n_trajectories: int, temperature: float, label: str = "sample", first: int = 0) -> list[dict]:
+    """The optimizer writes `n_trajectories` per task, numbered from `first`; trajectory j is
+    sampled with seed + j.
 
     `observed_answers` maps a task id to the policy's answers on its observed examples;
     `learned` are the exemplars learned so far; `sample` is the params section.
@@ -194,10 +195,10 @@ def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned
     for category, group in sorted(groups.items()):
         exemplars = select_exemplars(category, learned, sample["n_exemplars"])
         prompts = [build_prompt(t, observed_answers[t["id"]], exemplars, descriptions) for t in group]
-        for j in range(n_trajectories):
+        for j in range(first, first + n_trajectories):
             gens = optimizer.generate(prompts, max_new_tokens=sample["max_new_tokens"], temperature=temperature,
                                       seed=sample["seed"] + j, stop=STOP, chat=False, grammar=grammar,
-                                      desc=f"{label}: {category} trajectory {j + 1}/{n_trajectories}")
+                                      desc=f"{label}: {category} trajectory {j + 1}/{first + n_trajectories}")
             for task, prompt, g in zip(group, prompts, gens):
                 calls, error = ([], f"generation failed ({g.error})") if g.error else parse_trajectory(g.text, set(apis), sample["max_calls"])
                 record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,

@@ -3,10 +3,11 @@
 Per test task, on the same held-out examples in one run, each method is scored in the metric
 lens (the policy answers; the task's metric) and the likelihood lens (log2 p of the references
 per byte), with the policy's prompt laid out as in training (`train.fewshot`):
-- `ads`: the final optimizer writes one trajectory (greedy) from the observed examples; it is
-  executed and the policy answers with the collected data if that data clears the noise on the
-  task's observed examples (`evaluate.check_observed`, `checked_on_observed`), else with none;
-  `ads_unchecked` keeps the data unconditionally (ADS before that check);
+- `ads`: the final optimizer writes `evaluate.candidates` trajectories from the observed examples
+  (the first greedy, the others sampled as in training); all are executed, and the policy answers
+  with the data of the one that clears the noise on the task's observed examples by the most
+  (`evaluate.check_observed`, `chosen_on_observed`), else with none; `ads_unchecked` is the
+  greedy trajectory's data kept unconditionally, at its own cost (ADS before that check);
 - `no_data`: the policy's default prompt with no collected data (with `train.fewshot` this
   is few-shot); `zero_shot`: the bare question; `fewshot`: the observed examples as
   demonstrations, at cost 0 (what every practitioner tries first);
@@ -82,6 +83,13 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     greedy_one = dict(n_trajectories=1, temperature=0.0)
     ads = {r["task_id"]: r for r in propose(final_optimizer, tasks, observed_answers, final_exemplars, apis, params["sample"],
                                             iteration=final + 1, label="evaluate: ads", **greedy_one)}
+    # more candidates for the observed check to choose from: sampled as in training (seed + j)
+    sampled: dict[str, list[dict]] = {t["id"]: [] for t in tasks}
+    if e["check_observed"] and e["candidates"] > 1:
+        for r in propose(final_optimizer, tasks, observed_answers, final_exemplars, apis, params["sample"], iteration=final + 1,
+                         label="evaluate: ads", n_trajectories=e["candidates"] - 1,
+                         temperature=params["sample"]["temperature"], first=1):
+            sampled[r["task_id"]].append(r)
     iter0_optimizer = load_role(params, "optimizer", paths)  # seed exemplars, no training
     iter0 = {r["task_id"]: r for r in propose(iter0_optimizer, tasks, observed_answers, [], apis, params["sample"],
                                               iteration=0, label="evaluate: iter0", **greedy_one)}
@@ -95,6 +103,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
             "random": {"calls": random_trajectory(task, len(ads[tid]["calls"]), builtin, e["seed"])},
             **{f"{api}_only": {"calls": [{"api": api, "arg": first_q}]} for api in builtin},
         }
+        plans |= {f"ads.{j + 1}": plan for j, plan in enumerate(sampled[tid])}
         for method, plan in plans.items():
             trajectories[(tid, method)] = {"task_id": tid, "trajectory_id": f"{tid}#eval.{method}", "calls": plan["calls"],
                                            **({"parse_error": plan["parse_error"]} if "parse_error" in plan else {})}
@@ -123,8 +132,15 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                     methods[method] = (scored(contexts[method], method) if contexts[method] else dict(no_data)) | {
                         "cost": ex["cost"], "calls": trajectories[(tid, method)]["calls"], "errors": ex["errors"]}
                 methods["ads_unchecked"] = dict(methods["ads"])
-                if e["check_observed"] and contexts["ads"]:
-                    methods["ads"] = checked_on_observed(policy, task, contexts["ads"], methods["ads"], no_data, params)
+                if e["check_observed"]:
+                    candidates = [dict(methods["ads"], trajectory_id=trajectories[(tid, "ads")]["trajectory_id"], context=contexts["ads"])]
+                    for j in range(1, len(sampled[tid]) + 1):
+                        ex = assemble(trajectories[(tid, f"ads.{j}")], call_results)
+                        candidates.append({"trajectory_id": trajectories[(tid, f"ads.{j}")]["trajectory_id"], "cost": ex["cost"],
+                                           "calls": trajectories[(tid, f"ads.{j}")]["calls"], "errors": ex["errors"],
+                                           "context": build_context(task, ex["items"], budget, policy.count_tokens)})
+                    methods["ads"] = chosen_on_observed(policy, task, candidates, no_data, params,
+                                                        lambda c: scored(c, "ads (chosen)"))
                 drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
                 methods["random_docs"] = scored(build_context(task, drawn, budget, policy.count_tokens), "random docs") | {
                     "cost": 0.0, "calls": [], "docs": [d["doc_id"] for d in drawn]}
@@ -174,19 +190,40 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     return evaluation | {"run": run_info}
 
 
-def checked_on_observed(policy, task: dict, context: str, ads: dict, no_data: dict, params: dict) -> dict:
-    """ADS's data check at deployment: the collected data stays in the policy's prompt only if
-    its gain on the task's observed examples (leave one out, in the `train.reward` lens) clears
-    the noise, the acceptance rule of training (`clears_noise`); otherwise the policy answers
-    with no data. The calls were made either way, so their cost counts. The held-out examples
-    are not looked at."""
+def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict, params: dict, score_held_out) -> dict:
+    """ADS at deployment: which collected data the policy keeps, decided on the task's observed
+    examples only.
+
+    `candidates` are the trajectories the final optimizer wrote for the task (`evaluate.candidates`:
+    the greedy one first, scored on the held-out examples, then sampled ones), each executed, with
+    its `context`, `calls`, `cost` and `errors`. Each candidate's gain on the observed examples
+    (leave one out, in the `train.reward` lens) is tested with training's acceptance rule
+    (`clears_noise`); of those that clear the noise, the one with the highest mean gain is kept
+    (the earlier on a tie) and scored with `score_held_out(context)`; if none clears it, the policy
+    answers with no data. Every candidate's calls were made, so all their costs count. The
+    held-out examples are read only to score the chosen candidate."""
     lens, max_tokens, fewshot = params["train"]["reward"], params["lm"]["max_new_tokens"], params["train"]["fewshot"]
-    with_data, without = (observed_scores(policy, task, c, lens, max_tokens, f"evaluate: ads check ({label})", fewshot)
-                          for c, label in ((context, "data"), ("", "no data")))
-    observed_gains = gains(with_data, without)
-    kept = clears_noise(observed_gains, params["evaluate"]["seed"])
-    scores = {k: v for k, v in (ads if kept else no_data).items() if k in ("score", "likelihood")}
-    return ads | scores | {"check": {"lens": lens, "observed_gains": observed_gains, "kept": kept}}
+
+    def on_observed(context: str, label: str) -> list[float]:
+        return observed_scores(policy, task, context, lens, max_tokens, f"evaluate: ads check ({label})", fewshot)
+
+    without = on_observed("", "no data") if any(c["context"] for c in candidates) else []
+    checked = []
+    for c in candidates:
+        observed_gains = gains(on_observed(c["context"], c["trajectory_id"]), without) if c["context"] else []
+        checked.append({"trajectory_id": c["trajectory_id"], "calls": c["calls"], "cost": c["cost"], "observed_gains": observed_gains,
+                        "kept": bool(c["context"]) and clears_noise(observed_gains, params["evaluate"]["seed"])})
+    chosen = max((j for j, c in enumerate(checked) if c["kept"]), key=lambda j: (mean(checked[j]["observed_gains"]), -j), default=None)
+    if chosen is None:
+        scores = no_data
+    elif chosen == 0:
+        scores = candidates[0]  # the greedy candidate was scored on the held-out examples already
+    else:
+        scores = score_held_out(candidates[chosen]["context"])
+    return {k: v for k, v in scores.items() if k in ("score", "likelihood")} | {
+        "cost": sum(c["cost"] for c in candidates), "calls": candidates[0 if chosen is None else chosen]["calls"],
+        "errors": [err for c in candidates for err in c.get("errors", [])],
+        "check": {"lens": lens, "kept": chosen is not None, "chosen": chosen, "candidates": checked}}
 
 
 def random_docs(docs: list[dict], k: int, seed: str) -> list[dict]:
