@@ -115,6 +115,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lora_max_tokens": 64,
         "tie_epsilon": 0.05,
         "tie_epsilon_likelihood": 0.02,
+        "observed_check": True,
         "seed": 0,
     },
     "evaluate": {

@@ -81,6 +81,8 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     for shown, row in zip(view["trajectories"], mine):
         assert shown["reward"] == row["reward"] and shown["lenses"]["likelihood"]["gain"] == row["likelihood_gain"]
         assert [c["arg"] for c in shown["calls"]] == [c["arg"] for c in row["calls"]]
+        if row["n_items"]:
+            assert shown["observed_check"] == {"gains": row["observed_gains"], "kept": row["check_kept"]}
     assert len(view["answers"]) == 2 and {"without", "with_kept_data"} <= set(view["answers"][0])
     assert "Task:" in view["prompt"]
     assert "warning" not in view
@@ -88,6 +90,7 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     assert "other settings (train.lambda)" in orjson.loads(other.stdout)["warning"]  # the iteration was not written with these
     text = runner.invoke(app, ["inspect", task_id, "--iter", "2"])
     assert text.exit_code == 0 and "optimizer prompt" in text.output and mine[0]["trajectory_id"].split("#")[1] in text.output
+    assert ("observed check (deployed ADS)" in text.output) == any(r["n_items"] for r in mine)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,6 +1,6 @@
 import pytest
 
-from ads_cli.method.stats import bootstrap_ci, mean, paired_summary, win_tie_loss
+from ads_cli.method.stats import bootstrap_ci, correlation, mean, paired_summary, win_tie_loss
 
 
 def test_win_tie_loss_by_hand():
@@ -31,3 +31,10 @@ def test_bootstrap_of_two_values_covers_both_extremes():
 def test_paired_summary():
     s = paired_summary([1.0, 0.5], [0.5, 0.5], epsilon=0.0)
     assert s["mean_diff"] == pytest.approx(0.25) and s["win_rate"] == 0.5 and s["tie_rate"] == 0.5 and s["n"] == 2
+
+
+def test_correlation_by_hand():
+    # x = 1, 2, 3; y = 2, 4, 5: sxy = 3, sxx = 2, syy = 4.667 -> r = 3 / sqrt(9.333) = 0.9820
+    assert correlation([(1, 2), (2, 4), (3, 5)]) == 0.982
+    assert correlation([(1, 3), (2, 2), (3, 1)]) == -1.0
+    assert correlation([(1, 2), (2, 2), (3, 2)]) is None and correlation([(1, 2), (2, 3)]) is None

@@ -55,6 +55,12 @@ def test_two_iterations_write_everything(trained):
         assert r["scores"] == r["likelihood_scores"] and all(s <= 0 for s in r["scores"])  # log2 p per byte
         assert len(r["metric_scores"]) == params["prepare"]["heldout"] and all(0 <= s <= 1 for s in r["metric_scores"])
         assert isinstance(r["accepted"], bool) and (r["accepted"] <= (r["gain"] > 0))
+        # the deployed check, measured beside the reward: rows with data carry it, and it decides what the policy gets
+        assert ("checked_gain" in r) == bool(r["n_items"])
+        if r["n_items"]:
+            assert len(r["observed_gains"]) == params["prepare"]["observed"]
+            assert r["checked_gain"] == (r["gain"] if r["check_kept"] else 0.0)
+            assert r["check_kept"] <= (sum(r["observed_gains"]) > 0)
     # min_reward=-1: every task keeps its best, and iteration 2 samples from those exemplars
     state = read_jsonl(trained.iteration(1) / "optimizer_state.jsonl")
     assert len(state) == len(read_jsonl(trained.tasks_train)) and not any(e["seed"] for e in state)
@@ -63,6 +69,11 @@ def test_two_iterations_write_everything(trained):
     assert all(set(t["exemplars"]) & learned for t in read_jsonl(trained.trajectories(2)))
     metrics = read_json(trained.root / "results/train_metrics.json")
     assert metrics["iterations"] == 2 and metrics["last_vs_previous"]["n"] == len(state)
+    last = read_jsonl(trained.iteration(2) / "rewards.jsonl")
+    checked = metrics["checked"]
+    assert checked["mean_gain"] == pytest.approx(sum(r.get("checked_gain", 0.0) for r in last) / len(last), abs=1e-6)
+    assert checked["with_data"] == sum(bool(r["n_items"]) for r in last) and checked["kept"] <= checked["with_data"]
+    assert checked["gain_ci95"][0] <= checked["mean_gain"] <= checked["gain_ci95"][1]
     lo, hi = metrics["last_vs_previous"]["ci95"]
     assert lo <= metrics["last_vs_previous"]["mean_diff"] <= hi
     plot = read_json(trained.root / "results/train_plot.json")
@@ -84,6 +95,20 @@ def test_partly_finished_iteration_resumes_to_the_same_rewards(trained, tmp_path
     assert result.exit_code == 0, result.output
     assert (it1 / "rewards.jsonl").read_bytes() == expected
     assert read_json(copy / "logs/train.json")["iterations"][0]["execute"]["resumed_calls"] == len(journal) // 2 - 1  # less the header
+
+
+def test_the_observed_check_is_measured_beside_the_reward_and_can_be_turned_off(trained, tmp_path, monkeypatch):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.root, copy)
+    monkeypatch.chdir(copy)
+    with_check = read_jsonl(copy / "data/iter_1/rewards.jsonl")
+    assert any("check_kept" in r for r in with_check)
+    result = runner.invoke(app, ["train", "--iter", "1", "--set", "train.min_reward=-1", "--set", "train.observed_check=false"])
+    assert result.exit_code == 0, result.output
+    without = read_jsonl(copy / "data/iter_1/rewards.jsonl")
+    measured = ("observed_gains", "check_kept", "checked_gain")
+    assert without == [{k: v for k, v in r.items() if k not in measured} for r in with_check]  # the reward does not change
+    assert read_json(copy / "data/iter_1/train_manifest.json")["metrics"]["checked"] is None
 
 
 @pytest.mark.model

@@ -58,15 +58,20 @@ def answer_observed(model: Model, tasks: list[dict], params: dict, desc: str) ->
     its own demonstration: leave one out)."""
     prompts, where = [], []
     for task in tasks:
-        demos = demonstrations(task, params["train"]["fewshot"])
-        for j, example in enumerate(task["observed"]):
-            prompts.append(example_messages(example["input"], "", [d for k, d in enumerate(demos) if k != j]))
-            where.append((task, j))
+        prompts += leave_one_out_prompts(task, "", params["train"]["fewshot"])
+        where += [(task, j) for j in range(len(task["observed"]))]
     gens: list[Generation] = model.generate(prompts, max_new_tokens=params["lm"]["max_new_tokens"], desc=desc) if prompts else []
     out: dict[str, list[dict]] = {t["id"]: [] for t in tasks}
     for (task, j), g in zip(where, gens):
         out[task["id"]].append(scored(task["metric"], g, task["observed"][j]["reference"]))
     return out
+
+
+def leave_one_out_prompts(task: dict, context: str, fewshot: bool) -> list[list[dict]]:
+    """The policy's prompts for the task's observed examples: each with `context` and, with
+    `fewshot`, the other observed examples as demonstrations (never itself)."""
+    demos = demonstrations(task, fewshot)
+    return [example_messages(e["input"], context, [d for k, d in enumerate(demos) if k != j]) for j, e in enumerate(task["observed"])]
 
 
 def scored(metric: str, g: Generation, reference: str) -> dict:
@@ -136,9 +141,9 @@ def score_with_context(model: Model, task: dict, context: str | list[str], max_n
     return [scored(task["metric"], g, e["reference"]) for e, g in zip(task["heldout"], gens)]
 
 
-def _likelihood_pairs(model: Model, task: dict, context: str | list[str], fewshot: bool):
+def _pairs(model: Model, examples: list[dict], prompts: list[list[dict]]):
     pairs, owners = [], []
-    for j, (example, messages) in enumerate(zip(task["heldout"], _prompts(task, context, fewshot))):
+    for j, (example, messages) in enumerate(zip(examples, prompts)):
         prompt = model.render(messages)
         for ref in references(example["reference"]):
             if ref:
@@ -147,34 +152,59 @@ def _likelihood_pairs(model: Model, task: dict, context: str | list[str], fewsho
     return pairs, owners
 
 
+def _likelihood_pairs(model: Model, task: dict, context: str | list[str], fewshot: bool):
+    return _pairs(model, task["heldout"], _prompts(task, context, fewshot))
+
+
+def _bits_per_byte(model: Model, task: dict, which: str, prompts: list[list[dict]], desc: str) -> list[float]:
+    """Per example of `task[which]`: the best over its references of log2 p(reference | its
+    prompt) per UTF-8 byte of the reference, all pairs in one engine call (prompts that share a
+    prefix share its KV cache). Every example has a non-empty reference (`validate_task`)."""
+    pairs, owners = _pairs(model, task[which], prompts)
+    values = model.loglikelihood(pairs, desc=desc) if pairs else []
+    best = [-math.inf] * len(task[which])
+    for (j, n_bytes), value in zip(owners, values):
+        best[j] = max(best[j], value * BITS / n_bytes)
+    if -math.inf in best:
+        where = "held-out" if which == "heldout" else which
+        raise AdsError(f"task {task['id']}: {where} example {best.index(-math.inf) + 1} has no non-empty reference to score")
+    return [round(b, 6) for b in best]
+
+
 def likelihood_scores(model: Model, task: dict, context: str | list[str], desc: str = "likelihood",
                       fewshot: bool = False) -> list[float]:
     """Likelihood lens: per held-out example, the best over its references of log2 p(reference |
     prompt) per UTF-8 byte of the reference. The prompts of one context share a prefix whose KV
-    cache the engine computes once. Every example has a non-empty reference (`validate_task`)."""
-    pairs, owners = _likelihood_pairs(model, task, context, fewshot)
-    values = model.loglikelihood(pairs, desc=desc) if pairs else []
-    best = [-math.inf] * len(task["heldout"])
-    for (j, n_bytes), value in zip(owners, values):
-        best[j] = max(best[j], value * BITS / n_bytes)
-    if -math.inf in best:
-        raise AdsError(f"task {task['id']}: held-out example {best.index(-math.inf) + 1} has no non-empty reference to score")
-    return [round(b, 6) for b in best]
+    cache the engine computes once."""
+    return _bits_per_byte(model, task, "heldout", _prompts(task, context, fewshot), desc)
 
 
 def observed_scores(model: Model, task: dict, context: str, lens: str, max_new_tokens: int, desc: str,
                     fewshot: bool) -> list[float]:
     """One lens on the task's observed examples (never the held-out ones), each answered with
     `context` and, with `fewshot`, the other observed examples as demonstrations (leave one out,
-    as `answer_observed`): what a deployed ADS can check its collected data against."""
-    out = []
-    for j, example in enumerate(task["observed"]):
-        view = dict(task, heldout=[example], observed=[o for k, o in enumerate(task["observed"]) if k != j])
-        if lens == "likelihood":
-            out += likelihood_scores(model, view, context, desc, fewshot)
-        else:
-            out += [a["score"] for a in score_with_context(model, view, context, max_new_tokens, desc, fewshot)]
-    return out
+    as `answer_observed`): what a deployed ADS can check its collected data against. One engine
+    call for all of them, so the context's KV cache is computed once."""
+    prompts = leave_one_out_prompts(task, context, fewshot)
+    if lens == "likelihood":
+        return _bits_per_byte(model, task, "observed", prompts, desc)
+    gens = model.generate(prompts, max_new_tokens=max_new_tokens, desc=desc)
+    return [scored(task["metric"], g, e["reference"])["score"] for e, g in zip(task["observed"], gens)]
+
+
+def observed_check(model: Model, task: dict, context: str, params: dict, seed: int, desc: str,
+                   without: list[float] | None = None) -> dict:
+    """What a deployed ADS can know of its collected data before using it: the gain of `context`
+    on the task's observed examples (`observed_scores`, in the `train.reward` lens) and whether it
+    clears the noise, training's acceptance rule (`clears_noise`). `without`: the observed scores
+    with no data, when the caller has them already. Returns {"observed_gains", "kept"}."""
+    from .reward import clears_noise, gains
+
+    lens, max_tokens, fewshot = params["train"]["reward"], params["lm"]["max_new_tokens"], params["train"]["fewshot"]
+    if without is None:
+        without = observed_scores(model, task, "", lens, max_tokens, f"{desc} (no data)", fewshot)
+    observed_gains = gains(observed_scores(model, task, context, lens, max_tokens, desc, fewshot), without)
+    return {"observed_gains": observed_gains, "kept": clears_noise(observed_gains, seed)}
 
 
 def require_likelihood(policy: Model, needed_by: str) -> None:

@@ -37,3 +37,14 @@ def paired_summary(a: Sequence[float], b: Sequence[float], epsilon: float, seed:
     lo, hi = bootstrap_ci(diffs, seed)
     return {"mean_a": round(mean(a), 6), "mean_b": round(mean(b), 6), "mean_diff": round(mean(diffs), 6),
             "ci95": [lo, hi], "n": len(diffs)} | win_tie_loss(a, b, epsilon)
+
+
+def correlation(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Pearson's r over (x, y) pairs; None when fewer than 3 pairs or either side is constant."""
+    if len(pairs) < 3:
+        return None
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+    mx, my = mean(xs), mean(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in pairs)
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return round(sxy / (sxx * syy) ** 0.5, 4) if sxx > 0 and syy > 0 else None

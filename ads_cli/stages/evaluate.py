@@ -36,8 +36,7 @@ from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
 from ..charts import evaluation_charts
 from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
-from ..method.policy import answer_observed, build_context, observed_scores, require_likelihood, score_lenses
-from ..method.reward import clears_noise, gains
+from ..method.policy import answer_observed, build_context, observed_check, observed_scores, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..params import tie_epsilon
@@ -202,17 +201,15 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     (the earlier on a tie) and scored with `score_held_out(context)`; if none clears it, the policy
     answers with no data. Every candidate's calls were made, so all their costs count. The
     held-out examples are read only to score the chosen candidate."""
-    lens, max_tokens, fewshot = params["train"]["reward"], params["lm"]["max_new_tokens"], params["train"]["fewshot"]
-
-    def on_observed(context: str, label: str) -> list[float]:
-        return observed_scores(policy, task, context, lens, max_tokens, f"evaluate: ads check ({label})", fewshot)
-
-    without = on_observed("", "no data") if any(c["context"] for c in candidates) else []
+    lens, fewshot = params["train"]["reward"], params["train"]["fewshot"]
+    without = None
+    if any(c["context"] for c in candidates):
+        without = observed_scores(policy, task, "", lens, params["lm"]["max_new_tokens"], "evaluate: ads check (no data)", fewshot)
     checked = []
     for c in candidates:
-        observed_gains = gains(on_observed(c["context"], c["trajectory_id"]), without) if c["context"] else []
-        checked.append({"trajectory_id": c["trajectory_id"], "calls": c["calls"], "cost": c["cost"], "observed_gains": observed_gains,
-                        "kept": bool(c["context"]) and clears_noise(observed_gains, params["evaluate"]["seed"])})
+        check = (observed_check(policy, task, c["context"], params, params["evaluate"]["seed"], "evaluate: ads check", without)
+                 if c["context"] else {"observed_gains": [], "kept": False})
+        checked.append({"trajectory_id": c["trajectory_id"], "calls": c["calls"], "cost": c["cost"]} | check)
     chosen = max((j for j, c in enumerate(checked) if c["kept"]), key=lambda j: (mean(checked[j]["observed_gains"]), -j), default=None)
     if chosen is None:
         scores = no_data

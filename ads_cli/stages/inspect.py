@@ -66,7 +66,8 @@ def gather(params: dict, paths: Paths, task_id: str, iteration: int | None = Non
         shown.append({"trajectory_id": tr["trajectory_id"], "raw": tr["raw"], "parse_error": tr.get("parse_error"),
                       "calls": calls, "cost": rw.get("cost", ex.get("cost")), "lenses": lenses, "reward": rw.get("reward"),
                       "cleared_noise": rw.get("accepted"), "kept": tr["trajectory_id"] == kept_id,
-                      "errors": ex.get("errors", [])})
+                      "errors": ex.get("errors", [])}
+                     | ({"observed_check": {"gains": rw["observed_gains"], "kept": rw["check_kept"]}} if "check_kept" in rw else {}))
     view = {"task": {"id": task["id"], "name": task["name"], "category": task["category"], "metric": task["metric"]},
             "iteration": k, "iterations": done, "prompt": trajectories[0]["prompt"] if trajectories else "",
             "trajectories": shown, "kept": best}
@@ -151,6 +152,10 @@ def render(view: dict):
         verdict = "[bold green]kept[/]" if tr["kept"] else ("cleared the noise" if tr["cleared_noise"] else "not accepted")
         reward = f"{tr['reward']:+.3f}" if tr["reward"] is not None else "—"
         stats = f"[dim]cost {tr['cost'] or 0:.0f} · gain {gains or '—'} · reward {reward} ·[/] {verdict}"
+        if "observed_check" in tr:  # what `ads evaluate`'s check would have done with this data (not the reward)
+            check = tr["observed_check"]
+            stats += (f"\n[dim]observed check (deployed ADS): {'keeps' if check['kept'] else 'drops'} the data;"
+                      f" gains on the observed examples {', '.join(f'{g:+.3f}' for g in check['gains'])}[/]")
         parts.append(Panel(stats + "\n" + body, title=f"trajectory {escape(tr['trajectory_id'].rsplit('#', 1)[1])}",
                            title_align="left", border_style="green" if tr["kept"] else "dim"))
     kept = view["kept"]

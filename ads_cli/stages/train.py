@@ -27,9 +27,10 @@ from ..errors import AdsError
 from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from ..method.calls import validate_execution
 from ..method.optimizer import exemplar_from, format_calls, load_exemplars
-from ..method.policy import answer_observed, require_likelihood, score_lenses, score_update
+from ..method.policy import (answer_observed, build_context, observed_check, observed_scores, require_likelihood,
+                             score_lenses, score_update)
 from ..method.reward import clears_noise, gains, keeps_earlier, preference_pairs, reward, select_best
-from ..method.stats import bootstrap_ci, mean, paired_summary
+from ..method.stats import bootstrap_ci, correlation, mean, paired_summary
 from ..method.tasks import load_tasks
 from ..params import tie_epsilon
 from ..paths import Paths
@@ -54,6 +55,36 @@ def reward_row(execution: dict, trajectory: dict, lenses: dict, no_data: dict, t
     return row
 
 
+def deployed_check(policy, task: dict, items: list[dict], params: dict, observed_without: dict, gain: float) -> dict:
+    """A measurement, not part of the reward: what the deployed ADS would do with this data
+    (`ads evaluate`'s observed check, `observed_check`). `check_kept`: its gain on the task's
+    observed examples clears the noise; `checked_gain`: the held-out gain the policy then gets
+    (`gain` if kept, else 0, as the data is not used)."""
+    t = params["train"]
+    if task["id"] not in observed_without:
+        observed_without[task["id"]] = observed_scores(policy, task, "", t["reward"], params["lm"]["max_new_tokens"],
+                                                       "train: observed check (no data)", t["fewshot"])
+    context = build_context(task, items, t["context_tokens"], policy.count_tokens)
+    check = observed_check(policy, task, context, params, t["seed"], "train: observed check", observed_without[task["id"]])
+    return {"observed_gains": check["observed_gains"], "check_kept": check["kept"], "checked_gain": gain if check["kept"] else 0.0}
+
+
+def checked_summary(rows: list[dict], seed: int) -> dict | None:
+    """The iteration's gains as the deployed ADS would get them (rows without data gain 0 either
+    way), over tasks with a bootstrap CI, and how well the observed gain predicts the held-out one."""
+    if not any("checked_gain" in r for r in rows):
+        return None
+    by_task = collections.defaultdict(list)
+    for r in rows:
+        by_task[r["task_id"]].append(r.get("checked_gain", 0.0))
+    checked = [r for r in rows if "checked_gain" in r]
+    pairs = [(mean(r["observed_gains"]), r["gain"]) for r in checked]
+    return {"mean_gain": round(mean([r.get("checked_gain", 0.0) for r in rows]), 6),
+            "gain_ci95": bootstrap_ci([mean(v) for _, v in sorted(by_task.items())], seed),
+            "with_data": len(checked), "kept": sum(r["check_kept"] for r in checked),
+            "observed_vs_heldout_corr": correlation(pairs)}
+
+
 def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     """The update of iteration K, after sample and execute: score every trajectory's data on the
     policy, reward it, keep each task's best as an exemplar (or LoRA-tune the optimizer on them),
@@ -72,6 +103,7 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     observed_answers = answer_observed(policy, list(tasks.values()), params, "train: observed baseline")
     no_data = {tid: score_lenses(policy, task, "", max_tokens, "train: no-data baseline", t["fewshot"], likelihood)
                for tid, task in tasks.items()}
+    observed_without: dict[str, list[float]] = {}  # the observed check's baseline, per task, when first needed
 
     rows, lora_seconds = [], {}
     with track(f"train: score iteration {iteration}", total=len(executions)) as progress:
@@ -83,6 +115,8 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             lenses, seconds = score_update(policy, task, ex["items"], params, "train: policy + data") if ex["items"] else (base, None)
             traj = trajectories.get(ex["trajectory_id"], {})
             rows.append(reward_row(ex, traj, lenses, base, t))
+            if ex["items"] and t["update"] == "icl" and t["observed_check"]:
+                rows[-1] |= deployed_check(policy, task, ex["items"], params, observed_without, rows[-1]["gain"])
             if seconds is not None:
                 lora_seconds[ex["trajectory_id"]] = round(seconds, 2)
             progress.step()
@@ -139,6 +173,8 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         "mean_cost": round(mean([r["cost"] for r in rows]), 3),
         "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in rows]), 4),
         "api_mix": dict(collections.Counter(c["api"] for r in rows for c in r["calls"])),
+        # what the deployed ADS, with its observed check, would have gained: a measurement, not the reward
+        "checked": checked_summary(rows, t["seed"]),
         "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
         "task_rewards": task_rewards,
         "task_likelihood_gains": task_likelihood_gains,
@@ -160,8 +196,8 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     summary: dict = {"iterations": len(per_iter)}
     if per_iter:
         last = per_iter[-1]
-        summary |= {k: last[k] for k in ("lens", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain",
-                                         "likelihood_gain_ci95", "accepted", "mean_cost", "parse_rate")}
+        summary |= {k: last.get(k) for k in ("lens", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain",
+                                             "likelihood_gain_ci95", "accepted", "mean_cost", "parse_rate", "checked")}
     if len(per_iter) >= 2:
         a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
         common = sorted(set(a) & set(b))
