@@ -249,8 +249,11 @@ def test_ads_serve_serves_the_packaged_model_and_leaves_nothing_when_stopped(tmp
     port = serve.free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:  # the server logs a lot: a pipe nobody reads would fill up and stall it
+        # as a terminal would start it: a test run under `nohup` ignores SIGHUP, and a child inherits
+        # that (`ads serve` keeps it, so that `nohup ads serve` survives the terminal's hangup)
         process = subprocess.Popen([sys.executable, "-m", "ads_cli.cli", "serve", "--port", str(port), "--params",
-                                    str(REPO / "params.tiny.yaml")], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+                                    str(REPO / "params.tiny.yaml")], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                   preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         serve.wait_ready(f"http://127.0.0.1:{port}/v1", process)
         assert "as 'smollm2-135m-instruct' at" in log.read_text(errors="replace")
