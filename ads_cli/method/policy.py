@@ -192,18 +192,23 @@ def observed_scores(model: Model, task: dict, context: str, lens: str, max_new_t
     return [scored(task["metric"], g, e["reference"])["score"] for e, g in zip(task["observed"], gens)]
 
 
-def observed_check(model: Model, task: dict, context: str, params: dict, seed: int, desc: str,
-                   without: list[float] | None = None) -> dict:
+def observed_baseline(model: Model, task: dict, params: dict, desc: str) -> list[float]:
+    """The observed examples' scores with no collected data (`observed_scores` in the
+    `train.reward` lens): what `observed_check` measures gains against, once per task."""
+    t = params["train"]
+    return observed_scores(model, task, "", t["reward"], params["lm"]["max_new_tokens"], f"{desc} (no data)", t["fewshot"])
+
+
+def observed_check(model: Model, task: dict, context: str, params: dict, seed: int, desc: str, without: list[float]) -> dict:
     """What a deployed ADS can know of its collected data before using it: the gain of `context`
-    on the task's observed examples (`observed_scores`, in the `train.reward` lens) and whether it
-    clears the noise, training's acceptance rule (`clears_noise`). `without`: the observed scores
-    with no data, when the caller has them already. Returns {"observed_gains", "kept"}."""
+    on the task's observed examples over `without` (`observed_baseline`), in the `train.reward`
+    lens, and whether it clears the noise, training's acceptance rule (`clears_noise`).
+    Returns {"observed_gains", "kept"}."""
     from .reward import clears_noise, gains
 
-    lens, max_tokens, fewshot = params["train"]["reward"], params["lm"]["max_new_tokens"], params["train"]["fewshot"]
-    if without is None:
-        without = observed_scores(model, task, "", lens, max_tokens, f"{desc} (no data)", fewshot)
-    observed_gains = gains(observed_scores(model, task, context, lens, max_tokens, desc, fewshot), without)
+    t = params["train"]
+    observed_gains = gains(observed_scores(model, task, context, t["reward"], params["lm"]["max_new_tokens"], desc, t["fewshot"]),
+                           without)
     return {"observed_gains": observed_gains, "kept": clears_noise(observed_gains, seed)}
 
 

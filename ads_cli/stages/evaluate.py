@@ -36,7 +36,7 @@ from ..method.calls import api_context, assemble, fingerprint, run_calls
 from ..method.optimizer import propose
 from ..charts import evaluation_charts
 from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
-from ..method.policy import answer_observed, build_context, observed_check, observed_scores, require_likelihood, score_lenses
+from ..method.policy import answer_observed, build_context, observed_baseline, observed_check, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
 from ..params import tie_epsilon
@@ -134,10 +134,10 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                 if e["check_observed"]:
                     candidates = [dict(methods["ads"], trajectory_id=trajectories[(tid, "ads")]["trajectory_id"], context=contexts["ads"])]
                     for j in range(1, len(sampled[tid]) + 1):
-                        ex = assemble(trajectories[(tid, f"ads.{j}")], call_results)
-                        candidates.append({"trajectory_id": trajectories[(tid, f"ads.{j}")]["trajectory_id"], "cost": ex["cost"],
-                                           "calls": trajectories[(tid, f"ads.{j}")]["calls"], "errors": ex["errors"],
-                                           "context": build_context(task, ex["items"], budget, policy.count_tokens)})
+                        trajectory = trajectories[(tid, f"ads.{j}")]
+                        ex = assemble(trajectory, call_results)
+                        candidates.append({"trajectory_id": trajectory["trajectory_id"], "calls": trajectory["calls"], "cost": ex["cost"],
+                                           "errors": ex["errors"], "context": build_context(task, ex["items"], budget, policy.count_tokens)})
                     methods["ads"] = chosen_on_observed(policy, task, candidates, no_data, params,
                                                         lambda c: scored(c, "ads (chosen)"))
                 drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
@@ -201,10 +201,7 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     (the earlier on a tie) and scored with `score_held_out(context)`; if none clears it, the policy
     answers with no data. Every candidate's calls were made, so all their costs count. The
     held-out examples are read only to score the chosen candidate."""
-    lens, fewshot = params["train"]["reward"], params["train"]["fewshot"]
-    without = None
-    if any(c["context"] for c in candidates):
-        without = observed_scores(policy, task, "", lens, params["lm"]["max_new_tokens"], "evaluate: ads check (no data)", fewshot)
+    without = observed_baseline(policy, task, params, "evaluate: ads check") if any(c["context"] for c in candidates) else []
     checked = []
     for c in candidates:
         check = (observed_check(policy, task, c["context"], params, params["evaluate"]["seed"], "evaluate: ads check", without)
@@ -220,7 +217,7 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     return {k: v for k, v in scores.items() if k in ("score", "likelihood")} | {
         "cost": sum(c["cost"] for c in candidates), "calls": candidates[0 if chosen is None else chosen]["calls"],
         "errors": [err for c in candidates for err in c.get("errors", [])],
-        "check": {"lens": lens, "kept": chosen is not None, "chosen": chosen, "candidates": checked}}
+        "check": {"lens": params["train"]["reward"], "kept": chosen is not None, "chosen": chosen, "candidates": checked}}
 
 
 def random_docs(docs: list[dict], k: int, seed: str) -> list[dict]:

@@ -27,7 +27,7 @@ from ..errors import AdsError
 from ..jsonl import fresh_tmp_dir, read_json, read_jsonl, replace_dir, write_json, write_jsonl
 from ..method.calls import validate_execution
 from ..method.optimizer import exemplar_from, format_calls, load_exemplars
-from ..method.policy import (answer_observed, build_context, observed_check, observed_scores, require_likelihood,
+from ..method.policy import (answer_observed, build_context, observed_baseline, observed_check, require_likelihood,
                              score_lenses, score_update)
 from ..method.reward import clears_noise, gains, keeps_earlier, preference_pairs, reward, select_best
 from ..method.stats import bootstrap_ci, correlation, mean, paired_summary
@@ -62,8 +62,7 @@ def deployed_check(policy, task: dict, items: list[dict], params: dict, observed
     (`gain` if kept, else 0, as the data is not used)."""
     t = params["train"]
     if task["id"] not in observed_without:
-        observed_without[task["id"]] = observed_scores(policy, task, "", t["reward"], params["lm"]["max_new_tokens"],
-                                                       "train: observed check (no data)", t["fewshot"])
+        observed_without[task["id"]] = observed_baseline(policy, task, params, "train: observed check")
     context = build_context(task, items, t["context_tokens"], policy.count_tokens)
     check = observed_check(policy, task, context, params, t["seed"], "train: observed check", observed_without[task["id"]])
     return {"observed_gains": check["observed_gains"], "check_kept": check["kept"], "checked_gain": gain if check["kept"] else 0.0}
