@@ -77,7 +77,7 @@ def server():
                     script.in_flight -= 1
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)  # shutdown() waits one poll
     thread.start()
     script.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     script.httpd = httpd
