@@ -1,7 +1,7 @@
 from hypothesis import given, strategies as st
 
 from ads_cli.apis import parse_pairs
-from ads_cli.method.optimizer import build_prompt, error_kind, parse_trajectory, seed_exemplars
+from ads_cli.method.optimizer import build_prompt, error_kind, parse_trajectory, seed_exemplars, select_exemplars
 
 APIS = {"retrieve", "demonstrate", "answer"}
 
@@ -50,6 +50,43 @@ def test_prompt_shows_observed_never_heldout():
     assert "SECRET" not in prompt
     assert prompt.endswith("Task: capitals (knowledge)\nExample: What is the capital of Peru? | correct: Lima | model said: Cusco (score 0.0)\nCalls:\n")
     assert all(e["seed"] for e in seed_exemplars())
+
+
+def _learned(task_id, category, reward):
+    return {"task": task_id, "task_id": task_id, "category": category, "reward": reward, "calls": [], "seed": False}
+
+
+def test_a_task_sees_its_own_best_trajectory_last_and_a_new_task_its_categorys_best():
+    learned = [_learned("a", "math", 0.1), _learned("b", "math", 0.5), _learned("c", "other", 0.9), _learned("d", "math", 0.0)]
+    # a task with no exemplar of its own (a test task): same category first, best reward first
+    assert [e["task"] for e in select_exemplars("math", learned, 3)] == ["b", "a", "d"]
+    assert [e["task"] for e in select_exemplars("math", learned, 3, "new")] == ["b", "a", "d"]
+    # a train task's own exemplar goes last, nearest its block, and is never repeated
+    assert [e["task"] for e in select_exemplars("math", learned, 3, "a")] == ["b", "d", "a"]
+    assert [e["task"] for e in select_exemplars("math", learned, 3, "b")] == ["a", "d", "b"]
+    assert [e["task"] for e in select_exemplars("math", learned, 5, "d")] == ["b", "a", "c", seed_exemplars()[0]["task"], "d"]
+    assert [e["task"] for e in select_exemplars("math", learned, 1, "c")] == ["c"]
+    assert select_exemplars("math", learned, 0, "a") == []
+    # iteration 1: nothing learned, the seeds
+    assert select_exemplars("math", [], 2, "a") == seed_exemplars()[:2]
+
+
+def test_a_tasks_own_trajectory_is_shown_under_its_whole_block():
+    task = {"id": "t1", "name": "capitals", "category": "knowledge",
+            "observed": [{"input": "Capital of Peru?", "reference": "Lima"}, {"input": "Capital of Chad?", "reference": ["N'Djamena"]}]}
+    answers = [{"answer": "Cusco", "score": 0.0}, {"answer": "N'Djamena", "score": 1.0}]
+    own = _learned("t1", "knowledge", 0.3) | {"calls": [{"api": "retrieve", "arg": "capital cities"}], "example": "Capital of Peru?",
+                                               "reference": "Lima", "policy_answer": "Cusco", "score": 0.0}
+    other = _learned("t2", "knowledge", 0.5) | {"example": "Largest lake?", "reference": "Superior", "policy_answer": "Erie", "score": 0.0}
+    prompt = build_prompt(task, answers, select_exemplars("knowledge", [own, other], 2, "t1"), ["retrieve: <q> -- passages"])
+    block = ("Task: capitals (knowledge)\nExample: Capital of Peru? | correct: Lima | model said: Cusco (score 0.0)\n"
+             "Example: Capital of Chad? | correct: N'Djamena | model said: N'Djamena (score 1.0)\nCalls:\n")
+    assert prompt.endswith("Task: t2 (knowledge)\nExample: Largest lake? | correct: Superior | model said: Erie (score 0.0)\nCalls:\nnone\nend\n\n"
+                           + block + "retrieve: capital cities\nend\n\n" + block)
+    # another task of the category sees t1's exemplar in the one-example form
+    other_task = task | {"id": "t3", "name": "rivers"}
+    prompt3 = build_prompt(other_task, answers, select_exemplars("knowledge", [own, other], 2, "t3"), ["retrieve: <q> -- passages"])
+    assert prompt3.count("Capital of Chad?") == 1 and "Task: t1 (knowledge)" in prompt3
 
 
 def test_parse_pairs_is_robust():

@@ -4,8 +4,9 @@ exemplars, and `propose`, which samples trajectories.
 A 135M model follows a plain completion format with a few exemplars but not chat
 instructions (measured: given the tools in a chat message it wrote `A: [search query]`), so the prompt is a completion prompt: the API list, a few
 exemplars (iteration 1: the seed exemplars shipped with ads, labelled as such; later: the best
-past trajectories of similar tasks), then the task with its observed examples and the policy's
-own answers and scores (its self-knowledge). The optimizer writes one `api: argument` line per
+past trajectories of the same category, and a train task's own best one last, under the task's
+own block), then the task with its observed examples and the policy's own answers and scores
+(its self-knowledge). The optimizer writes one `api: argument` line per
 call, `none` for "no data needed", and `end`.
 """
 
@@ -66,8 +67,12 @@ def build_prompt(task: dict, observed_answers: list[dict], exemplars: list[dict]
     for example, b in zip(task["observed"], observed_answers):
         ref = example["reference"]
         examples.append((last_message(example["input"]), ref[0] if isinstance(ref, list) else ref, b["answer"], b["score"]))
-    parts = [header(api_descriptions)] + [exemplar_text(e) + "\n" for e in exemplars]
-    parts.append(_block(task["name"], task["category"], examples) + "\n")
+    block = _block(task["name"], task["category"], examples)
+    # the task's own best trajectory (a train task after iteration 1) is shown under the task's
+    # whole block, as the optimizer saw it when it wrote it
+    parts = [header(api_descriptions)] + [(block + "\n" + format_calls(e["calls"]) + "\nend" if e.get("task_id") == task["id"] else exemplar_text(e)) + "\n"
+                                          for e in exemplars]
+    parts.append(block + "\n")
     return "\n".join(parts)
 
 
@@ -134,13 +139,23 @@ def parse_trajectory(raw: str, api_names: set[str], max_calls: int) -> tuple[lis
     return calls[:max_calls], None
 
 
-def select_exemplars(category: str, learned: list[dict], n: int) -> list[dict]:
-    """Exemplars for a task of `category`: learned ones of the same category first (best reward
-    first), then other learned ones, then the seeds. Depends only on the category, so all tasks
-    of a category share one prompt prefix."""
-    learned = sorted(learned, key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
-    chosen = learned[:n]
-    return chosen + seed_exemplars()[: n - len(chosen)]
+def select_exemplars(category: str, learned: list[dict], n: int, task_id: str | None = None) -> list[dict]:
+    """Exemplars for task `task_id` of `category`: learned ones of the same category first (best
+    reward first), then other learned ones, then the seeds.
+
+    If the task has a learned exemplar of its own (a train task after iteration 1: its best
+    trajectory so far, `none` included), it goes last, nearest the task's block, and the others
+    fill the first n - 1 places: the most similar task is the task itself, and without this the
+    optimizer forgot a task's best trajectory the iteration after finding it (measured: sarcasm's
+    +0.66 bits per byte in iteration 1, `none` in all four of its iteration-2 trajectories). A
+    task with none of its own (every test task) gets the category's n, so those tasks share one
+    prompt prefix."""
+    own = [e for e in learned if task_id is not None and e.get("task_id") == task_id][:1]
+    others = sorted((e for e in learned if not own or e is not own[0]), key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
+    if n == 0:
+        return []
+    chosen = others[: n - len(own)]
+    return chosen + seed_exemplars()[: n - len(own) - len(chosen)] + own
 
 
 def exemplar_from(task: dict, observed_answers: list[dict], calls: list[dict], reward: float, iteration: int,
@@ -193,13 +208,13 @@ def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned
         groups.setdefault(task["category"], []).append(task)
     records = []
     for category, group in sorted(groups.items()):
-        exemplars = select_exemplars(category, learned, sample["n_exemplars"])
-        prompts = [build_prompt(t, observed_answers[t["id"]], exemplars, descriptions) for t in group]
+        chosen = [select_exemplars(category, learned, sample["n_exemplars"], t["id"]) for t in group]
+        prompts = [build_prompt(t, observed_answers[t["id"]], e, descriptions) for t, e in zip(group, chosen)]
         for j in range(first, first + n_trajectories):
             gens = optimizer.generate(prompts, max_new_tokens=sample["max_new_tokens"], temperature=temperature,
                                       seed=sample["seed"] + j, stop=STOP, chat=False, grammar=grammar,
                                       desc=f"{label}: {category} trajectory {j + 1}/{first + n_trajectories}")
-            for task, prompt, g in zip(group, prompts, gens):
+            for task, prompt, exemplars, g in zip(group, prompts, chosen, gens):
                 calls, error = ([], f"generation failed ({g.error})") if g.error else parse_trajectory(g.text, set(apis), sample["max_calls"])
                 record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
                           "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt,
