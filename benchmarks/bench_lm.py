@@ -7,7 +7,8 @@
 2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
 3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
    call (shared prefix, batched) vs each pair on its own.
-4. The optimizer's constrained decoding against unconstrained, on its own prompts; a
+4. The KV cache written in place against concatenated at every step (16 of the prompts); the
+   optimizer's constrained decoding against unconstrained, on its own prompts; a
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
    calls against computed in each.
 5. With --int8: lm.dtype=int8 against fp32 on the same pairs and prompts.
@@ -117,6 +118,27 @@ def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
     return {"kept_prefix_vs_recomputed": ratio}
 
 
+def in_place_kv(model, prompts: list[str], new_tokens: int) -> dict:
+    """Batched generation with each batch's KV cache written into one buffer (GROW_IN_PLACE,
+    the default) against transformers' concatenation at every step, on the same prompts."""
+    times, texts = {}, {}
+    for name, grow in (("concatenated", False), ("in place", True)):
+        model.cache = CallCache(None)
+        model.forget_prefixes()
+        local_engine.GROW_IN_PLACE, default = grow, local_engine.GROW_IN_PLACE
+        try:
+            gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens))
+        finally:
+            local_engine.GROW_IN_PLACE = default
+        texts[name] = [g.text for g in gens]
+    same = sum(a == b for a, b in zip(texts["concatenated"], texts["in place"]))
+    ratio = times["concatenated"] / times["in place"]
+    print(f"\nKV cache, {len(prompts)} prompts batched, {new_tokens} new tokens: concatenated at every step"
+          f" {times['concatenated']:.2f}s, written in place {times['in place']:.2f}s: {ratio:.2f}x;"
+          f" identical texts {same}/{len(prompts)}")
+    return {"kv_in_place_vs_concat": ratio}
+
+
 def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
     """The optimizer's constrained decoding (a grammar check per row at every step) against
     unconstrained decoding, on the optimizer's own iteration-1 prompts, sampled as `ads sample` does."""
@@ -220,6 +242,7 @@ def main() -> None:
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")
     figures["prefix_reuse"] = t_plain / t_shared
 
+    figures |= in_place_kv(model, prompts[:16], args.new_tokens)
     figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]

@@ -96,6 +96,31 @@ def test_shared_prefix_gives_the_same_answers(model, monkeypatch, temperature):
     assert [g.prompt_tokens for g in shared] == [g.prompt_tokens for g in plain]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_growing_the_kv_cache_in_place_gives_the_same_answers(smol, monkeypatch, temperature):
+    """Each batch's KV cache written into one buffer (the default) against transformers'
+    concatenation, with and without a shared prefix; the kept prefix is left as it was."""
+    import torch
+
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    with_prefix = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
+    answers = {}
+    for grow in (True, False):
+        monkeypatch.setattr(local, "GROW_IN_PLACE", grow)
+        engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=3)  # a full and a partial batch
+        answers[grow] = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False, temperature=temperature, seed=3)]
+        (kept,) = engine._prefixes.values()
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in kept.layers]
+        engine.cache = CallCache(None)
+        again = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False, temperature=temperature, seed=3)]
+        assert again == answers[grow]
+        assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v) for layer, (k, v) in zip(kept.layers, before))
+        answers[grow] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12, temperature=temperature, seed=3)]
+    assert answers[True] == answers[False]
+    grown = local._growing_cache(None, smol.model.config, 4)
+    assert len(grown.layers) == smol.model.config.num_hidden_layers and all(type(layer) is local._growing_layer() for layer in grown.layers)
+
+
 def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
     """generate then loglikelihood over the same prompts: the second call continues from the
     prefix KV cache the first computed, which the batches leave as it was; the numbers are those
@@ -241,3 +266,27 @@ def test_an_sft_adapter_on_int8_weights_is_one_line(smol, tmp_path):
     with pytest.raises(AdsError, match=r"optimizer_lora: a LoRA adapter \(optimizer_update=sft\) applies to fp32 weights") as e:
         with_adapter(int8, adapter)
     assert "\n" not in str(e.value)
+
+
+def test_a_growing_kv_layer_holds_what_concatenation_holds_and_never_writes_into_anothers_buffer():
+    """Without the model: the growing layer against transformers' DynamicLayer on the same
+    updates; a copy of it, or one whose tensors were replaced, starts a buffer of its own."""
+    import copy
+
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    grow, plain = local._growing_layer()(reserve=2), DynamicLayer()
+    gen = torch.Generator().manual_seed(0)
+    steps = [torch.randn(2, 3, m, 4, generator=gen) for m in (5, 1, 1, 1, 1)]  # a prefill, then past the reserve
+    for x in steps:
+        gk, gv = grow.update(x, -x)
+        pk, pv = plain.update(x, -x)
+        assert torch.equal(gk, pk) and torch.equal(gv, pv) and grow.get_seq_length() == plain.get_seq_length()
+    original = grow.keys.clone()
+    twin = copy.copy(grow)
+    twin.update(steps[1] + 1, steps[1])
+    assert torch.equal(grow.keys, original)  # the copy wrote into a new buffer, not into the original's spare room
+    grow.batch_repeat_interleave(2)
+    k, _ = grow.update(steps[1].repeat_interleave(2, dim=0), steps[1].repeat_interleave(2, dim=0))
+    assert k.shape == (4, 3, 10, 4) and torch.equal(k[:, :, :9], original.repeat_interleave(2, dim=0))
