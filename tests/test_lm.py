@@ -104,7 +104,10 @@ def test_growing_the_kv_cache_in_place_gives_the_same_answers(smol, monkeypatch,
 
     context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
     with_prefix = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
-    answers = {}
+    answers, updates = {}, []
+    layer = local._growing_layer()
+    update = layer.update
+    monkeypatch.setattr(layer, "update", lambda self, *a, **k: updates.append(grow) or update(self, *a, **k))
     for grow in (True, False):
         monkeypatch.setattr(local, "GROW_IN_PLACE", grow)
         engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=3)  # a full and a partial batch
@@ -117,8 +120,8 @@ def test_growing_the_kv_cache_in_place_gives_the_same_answers(smol, monkeypatch,
         assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v) for layer, (k, v) in zip(kept.layers, before))
         answers[grow] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12, temperature=temperature, seed=3)]
     assert answers[True] == answers[False]
-    grown = local._growing_cache(None, smol.model.config, 4)
-    assert len(grown.layers) == smol.model.config.num_hidden_layers and all(type(layer) is local._growing_layer() for layer in grown.layers)
+    # the growing layers did the work when on (prefix batches and plain ones), never when off
+    assert updates.count(True) > 0 and False not in updates
 
 
 def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
@@ -286,7 +289,21 @@ def test_a_growing_kv_layer_holds_what_concatenation_holds_and_never_writes_into
     original = grow.keys.clone()
     twin = copy.copy(grow)
     twin.update(steps[1] + 1, steps[1])
-    assert torch.equal(grow.keys, original)  # the copy wrote into a new buffer, not into the original's spare room
+    assert torch.equal(grow.keys, original)
+    theirs = twin.keys.clone()
+    grow.update(steps[2], steps[2])  # the original grows into its spare room: the copy's buffer is another
+    assert torch.equal(twin.keys, theirs)
+    assert twin.keys.untyped_storage().data_ptr() != grow.keys.untyped_storage().data_ptr()
+    original = grow.keys.clone()
     grow.batch_repeat_interleave(2)
     k, _ = grow.update(steps[1].repeat_interleave(2, dim=0), steps[1].repeat_interleave(2, dim=0))
-    assert k.shape == (4, 3, 10, 4) and torch.equal(k[:, :, :9], original.repeat_interleave(2, dim=0))
+    assert k.shape == (4, 3, 11, 4) and torch.equal(k[:, :, :10], original.repeat_interleave(2, dim=0))
+    # a one-row prefix continued by a batch of 3: each row starts with the prefix, which stays as it was
+    prefix = DynamicLayer()
+    prefix.update(steps[0][:1], -steps[0][:1])
+    kept = prefix.keys.clone()
+    rows = local._growing_layer().like(prefix, 4)
+    new = torch.randn(3, 3, 2, 4, generator=gen)
+    k, v = rows.update(new, -new)
+    assert torch.equal(k, torch.cat([kept.expand(3, -1, -1, -1), new], 2)) and torch.equal(v, -k)
+    assert torch.equal(prefix.keys, kept)

@@ -67,6 +67,9 @@ def test_a_task_sees_its_own_best_trajectory_last_and_a_new_task_its_categorys_b
     assert [e["task"] for e in select_exemplars("math", learned, 5, "d")] == ["b", "a", "c", seed_exemplars()[0]["task"], "d"]
     assert [e["task"] for e in select_exemplars("math", learned, 1, "c")] == ["c"]
     assert select_exemplars("math", learned, 0, "a") == []
+    # two exemplars of one task (a hand-merged state): its best goes last, the other nowhere
+    twice = learned + [_learned("a", "math", 0.7)]
+    assert [(e["task"], e["reward"]) for e in select_exemplars("math", twice, 3, "a")] == [("b", 0.5), ("d", 0.0), ("a", 0.7)]
     # iteration 1: nothing learned, the seeds
     assert select_exemplars("math", [], 2, "a") == seed_exemplars()[:2]
 

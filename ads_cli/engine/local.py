@@ -28,9 +28,9 @@ from .weights import _torch
 
 MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
 KEPT_PREFIXES = 2  # prefix KV caches kept between calls (a 500-token prefix of the 135M model: 23 MB)
-# generate writes each step's keys and values into a buffer allocated once per call instead of
-# concatenating (transformers' DynamicLayer copies the whole cache at every step); the benchmark
-# turns it off to measure the difference
+# generate writes each step's keys and values into a buffer allocated once per batch and layer
+# instead of concatenating (transformers' DynamicLayer copies the whole cache at every step);
+# the benchmark turns it off to measure the difference
 GROW_IN_PLACE = True
 
 
@@ -133,9 +133,9 @@ class LocalModel(TokenizerModel):
             kwargs["logits_processor"] = processors
         if stop:
             kwargs.update(stop_strings=stop, tokenizer=self.tok)
-        cache = _copy_cache(prefix_cache, len(batch_ids)) if prefix_cache is not None else None
-        if GROW_IN_PLACE:
-            cache = _growing_cache(cache, self.model.config, max_new_tokens)
+        cache = _growing_cache(prefix_cache, self.model, max_new_tokens) if GROW_IN_PLACE else None
+        if cache is None and prefix_cache is not None:
+            cache = _copy_cache(prefix_cache, len(batch_ids))
         if cache is not None:
             kwargs["cache"] = cache
         with torch.inference_mode():
@@ -254,15 +254,21 @@ def _copy_cache(cache, rows: int):
     return copied
 
 
-def _growing_cache(cache, config, reserve: int):
-    """`cache` (None: an empty one for `config`) with its full-attention layers made growing
-    layers that keep room for `reserve` more positions. Other layer kinds are left as they are."""
+def _growing_cache(prefix_cache, model, reserve: int):
+    """A cache for one `generate` batch whose layers grow in place, with room for `reserve` more
+    positions, continuing from the one-row `prefix_cache` (None: empty), which is only read: the
+    first update copies the prefix into each row of a new buffer, so there is no batch repeat
+    of it first. None when the model's layers are not all full-attention `DynamicLayer`s, or
+    its generation config names a cache implementation of its own (the caller then does as
+    before)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
-    if cache is None:
-        cache = DynamicCache(config=config)
-    if cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-        cache.layers = [_growing_layer().like(layer, reserve) for layer in cache.layers]
+    if getattr(model.generation_config, "cache_implementation", None):
+        return None
+    cache = copy.copy(prefix_cache) if prefix_cache is not None else DynamicCache(config=model.config)
+    if not cache.layers or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        return None
+    cache.layers = [_growing_layer().like(layer, reserve) for layer in cache.layers]
     return cache
 
 
@@ -286,6 +292,10 @@ def _growing_layer():
             self.reserve = reserve
             self._buffer = None  # (id of the owner, keys buffer, values buffer, keys view, values view)
 
+        def reset(self) -> None:
+            self._buffer = None
+            super().reset()
+
         @classmethod
         def like(cls, layer, reserve: int):
             grown = cls(reserve)
@@ -302,7 +312,7 @@ def _growing_layer():
             if b is None or b[0] != id(self) or b[3] is not self.keys or b[4] is not self.values or n + m > b[1].shape[-2]:
                 kbuf = key_states.new_empty((*key_states.shape[:-2], n + m + self.reserve, key_states.shape[-1]))
                 vbuf = value_states.new_empty((*value_states.shape[:-2], n + m + self.reserve, value_states.shape[-1]))
-                if n:
+                if n:  # a one-row prefix broadcasts over the batch's rows
                     kbuf[..., :n, :].copy_(self.keys)
                     vbuf[..., :n, :].copy_(self.values)
             else:

@@ -149,11 +149,13 @@ def select_exemplars(category: str, learned: list[dict], n: int, task_id: str | 
     optimizer forgot a task's best trajectory the iteration after finding it (measured: sarcasm's
     +0.66 bits per byte in iteration 1, `none` in all four of its iteration-2 trajectories). A
     task with none of its own (every test task) gets the category's n, so those tasks share one
-    prompt prefix."""
-    own = [e for e in learned if task_id is not None and e.get("task_id") == task_id][:1]
-    others = sorted((e for e in learned if not own or e is not own[0]), key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
+    prompt prefix; train tasks from iteration 2 on differ from their first exemplar, so their
+    prompts share only the API list."""
     if n == 0:
         return []
+    mine = [e for e in learned if task_id is not None and e.get("task_id") == task_id]
+    own = [max(mine, key=lambda e: e["reward"])] if mine else []
+    others = sorted((e for e in learned if not any(e is m for m in mine)), key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
     chosen = others[: n - len(own)]
     return chosen + seed_exemplars()[: n - len(own) - len(chosen)] + own
 
@@ -202,7 +204,8 @@ def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned
     """
     descriptions = [getattr(a, "description", f"{name}: <argument>") for name, a in apis.items()]
     grammar = call_grammar(list(apis)) if sample["constrained"] else None
-    # tasks of one category share exemplars, hence a prompt prefix the engine computes once
+    # tasks of one category are sampled together: those without an exemplar of their own (test
+    # tasks, iteration 1) share their exemplars, hence a prompt prefix the engine computes once
     groups: dict[str, list[dict]] = {}
     for task in tasks:
         groups.setdefault(task["category"], []).append(task)
