@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -51,6 +52,18 @@ def make_prompts(model: LocalModel, docs: list[dict], n: int, seed: int) -> list
             words = words[:-5]
         prompts.append("Summarize in one sentence:\n" + " ".join(words))
     return prompts
+
+
+@contextlib.contextmanager
+def engine_setting(name: str, value):
+    """The local engine's module setting `name` (MIN_SHARED_PREFIX, KEPT_PREFIXES, GROW_IN_PLACE)
+    set to `value` for the block: the naive side of a comparison."""
+    default = getattr(local_engine, name)
+    setattr(local_engine, name, value)
+    try:
+        yield
+    finally:
+        setattr(local_engine, name, default)
 
 
 def timed(fn):
@@ -104,12 +117,9 @@ def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
     for name, kept in (("computed in each call", 0), ("kept between calls", local_engine.KEPT_PREFIXES)):
         model.cache = CallCache(None)
         model.forget_prefixes()
-        local_engine.KEPT_PREFIXES, default = kept, local_engine.KEPT_PREFIXES
-        try:
+        with engine_setting("KEPT_PREFIXES", kept):
             (_, values[name]), times[name] = timed(lambda: (model.generate(prompts, max_new_tokens=new_tokens, chat=False),
                                                             model.loglikelihood(pairs)))
-        finally:
-            local_engine.KEPT_PREFIXES = default
     same = values["computed in each call"] == values["kept between calls"]
     ratio = times["computed in each call"] / times["kept between calls"]
     print(f"\n{len(prompts)} prompts answered ({new_tokens} new tokens) then {len(pairs)} pairs scored:"
@@ -125,11 +135,8 @@ def in_place_kv(model, prompts: list[str], new_tokens: int) -> dict:
     for name, grow in (("concatenated", False), ("in place", True)):
         model.cache = CallCache(None)
         model.forget_prefixes()
-        local_engine.GROW_IN_PLACE, default = grow, local_engine.GROW_IN_PLACE
-        try:
+        with engine_setting("GROW_IN_PLACE", grow):
             gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens))
-        finally:
-            local_engine.GROW_IN_PLACE = default
         texts[name] = [g.text for g in gens]
     same = sum(a == b for a, b in zip(texts["concatenated"], texts["in place"]))
     ratio = times["concatenated"] / times["in place"]
@@ -234,9 +241,8 @@ def main() -> None:
     ctx_prompts = [f"{context}\nQuestion: {q}\nAnswer:" for q in questions]
     model.cache = CallCache(None)
     shared, t_shared = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
-    local_engine.MIN_SHARED_PREFIX, keep = 10**9, local_engine.MIN_SHARED_PREFIX
-    plain, t_plain = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
-    local_engine.MIN_SHARED_PREFIX = keep
+    with engine_setting("MIN_SHARED_PREFIX", 10**9):
+        plain, t_plain = timed(lambda: model.generate(ctx_prompts, max_new_tokens=16, chat=False))
     print("\nshared 800-token context, 5 questions, 16 new tokens, one batch:")
     print(f"  recompute prefix {t_plain:.2f}s, reuse prefix KV {t_shared:.2f}s: {t_plain / t_shared:.1f}x;"
           f" identical answers {sum(a.text == b.text for a, b in zip(shared, plain))}/5")

@@ -49,8 +49,10 @@ def format_calls(calls: list[dict]) -> str:
     return "\n".join(f"{c['api']}: {c['arg']}" for c in calls) or "none"
 
 
-def exemplar_text(exemplar: dict) -> str:
-    block = _block(exemplar["task"], exemplar["category"], [(exemplar["example"], exemplar["reference"], exemplar["policy_answer"], exemplar["score"])])
+def exemplar_text(exemplar: dict, block: str | None = None) -> str:
+    """An exemplar's calls under `block`, by default its task's one-example block."""
+    if block is None:
+        block = _block(exemplar["task"], exemplar["category"], [(exemplar["example"], exemplar["reference"], exemplar["policy_answer"], exemplar["score"])])
     return block + "\n" + format_calls(exemplar["calls"]) + "\nend"
 
 
@@ -70,8 +72,7 @@ def build_prompt(task: dict, observed_answers: list[dict], exemplars: list[dict]
     block = _block(task["name"], task["category"], examples)
     # the task's own best trajectory (a train task after iteration 1) is shown under the task's
     # whole block, as the optimizer saw it when it wrote it
-    parts = [header(api_descriptions)] + [(block + "\n" + format_calls(e["calls"]) + "\nend" if e.get("task_id") == task["id"] else exemplar_text(e)) + "\n"
-                                          for e in exemplars]
+    parts = [header(api_descriptions)] + [exemplar_text(e, block if e.get("task_id") == task["id"] else None) + "\n" for e in exemplars]
     parts.append(block + "\n")
     return "\n".join(parts)
 
@@ -153,9 +154,10 @@ def select_exemplars(category: str, learned: list[dict], n: int, task_id: str | 
     prompts share only the API list."""
     if n == 0:
         return []
-    mine = [e for e in learned if task_id is not None and e.get("task_id") == task_id]
+    is_mine = [task_id is not None and e.get("task_id") == task_id for e in learned]
+    mine = [e for e, m in zip(learned, is_mine) if m]
     own = [max(mine, key=lambda e: e["reward"])] if mine else []
-    others = sorted((e for e in learned if not any(e is m for m in mine)), key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
+    others = sorted((e for e, m in zip(learned, is_mine) if not m), key=lambda e: (e["category"] != category, -e["reward"], e["task"]))
     chosen = others[: n - len(own)]
     return chosen + seed_exemplars()[: n - len(own) - len(chosen)] + own
 

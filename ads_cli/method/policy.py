@@ -19,6 +19,7 @@ from ..engine.base import Generation, LikelihoodUnavailable, Model
 from ..errors import AdsError
 from ..progress import log
 from .metrics import score
+from .reward import clears_noise, gains
 from .tasks import last_message, references
 
 BITS = 1 / math.log(2)
@@ -204,8 +205,6 @@ def observed_check(model: Model, task: dict, context: str, params: dict, seed: i
     on the task's observed examples over `without` (`observed_baseline`), in the `train.reward`
     lens, and whether it clears the noise, training's acceptance rule (`clears_noise`).
     Returns {"observed_gains", "kept"}."""
-    from .reward import clears_noise, gains
-
     t = params["train"]
     observed_gains = gains(observed_scores(model, task, context, t["reward"], params["lm"]["max_new_tokens"], desc, t["fewshot"]),
                            without)
