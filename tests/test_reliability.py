@@ -151,8 +151,9 @@ def test_same_params_and_seed_give_byte_identical_artifacts(trained, tmp_path, m
 def _kill_at_random_then_rerun(project: Path, args: list[str], seed: int, window: tuple[float, float]) -> None:
     """Kill a run at a random moment of `window` (seconds), then rerun it to the end.
 
-    The fake model takes 0.05 s a request here, so that a run lasts long enough to be
-    killed midway; the call cache is the copy's own and starts empty, so that work is in flight.
+    The fake model takes 0.05 s a request in the killed run, so that it lasts long enough to be
+    killed midway (the rerun goes at full speed: the delay changes no answer); the call cache is
+    the copy's own and starts empty, so that work is in flight.
     """
     (project / "calls.sqlite").unlink(missing_ok=True)
     cmd = [sys.executable, "-c", "from ads_cli.cli import app; app()", *args]
@@ -164,7 +165,7 @@ def _kill_at_random_then_rerun(project: Path, args: list[str], seed: int, window
     proc.wait()
     for path in project.rglob("*.tmp"):
         raise AssertionError(f"a partial file is visible: {path}")
-    rerun = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    rerun = subprocess.run(cmd, cwd=project, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     cache = sqlite3.connect(project / "calls.sqlite")
     assert cache.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
