@@ -33,6 +33,13 @@ def test_summary_on_hand_made_results():
     assert -0.5 <= lo <= 0.0 <= hi <= 0.25
     assert s["by_category"]["math"] == {"tasks": 2} | {m: 0.0 for m in base} | {"ads": 0.375, "no_data": 0.25}
     assert s["vs"]["random"]["win_rate"] == 0.75  # random scored 0 everywhere; ads > 0 on three tasks
+    # headroom: per task the best method in hindsight (a: ads 0.5, b: 0.25, c: no_data 0.5, d: ads 0.75) - no_data
+    h = s["hindsight_best_vs_no_data"]
+    assert h["mean_diff"] == pytest.approx(0.125) and (h["win_rate"], h["tie_rate"]) == (0.5, 0.5)
+    for row in ("zero_shot", evaluation.REFERENCE):  # the bare prompt and the reference point are not choices
+        rows[0]["methods"][row]["score"] = 9.0
+        assert evaluation.summarize(rows, "metric", epsilon=0.05, seed=0)["hindsight_best_vs_no_data"] == h
+        rows[0]["methods"][row]["score"] = 0.0
     likelihood = evaluation.summarize(rows, "likelihood", epsilon=0.05, seed=0)  # the other lens reads the other field
     assert likelihood["avg_score"] == pytest.approx(-0.375) and likelihood["vs"]["random"]["loss_rate"] == 0.75
 
