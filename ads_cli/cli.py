@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -214,6 +216,9 @@ def train(
 @app.command()
 def evaluate(
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Evaluate your own task file (the schema of data/prepared/tasks_test.jsonl) without retraining."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the results into this folder instead of results/ (evaluation.json,"
+                                       " metrics.json, plot_scores.json, report.md, plots/, the call journal), so that"
+                                       " the pipeline's results stay as they are. Default: results/."),
     max_cost: Optional[float] = MaxCostOpt,
     no_cache: bool = NoCacheOpt,
     params: Path = ParamsOpt,
@@ -224,18 +229,23 @@ def evaluate(
 
     Reads: data/prepared/tasks_test.jsonl (or --tasks), data/index/, data/optimizer/ (what
     `ads train` exported). Writes: results/evaluation.json, results/metrics.json, results/plot_scores.json
-    and results/report.md.
+    and results/report.md (or into --out).
     """
     from .stages import evaluate as stage_mod
 
     with stage("evaluate", params, set_, verbose, no_cache, max_cost) as (p, paths):
+        if out is not None:
+            out = out.expanduser().absolute()
+            if out.exists() and not out.is_dir():
+                raise AdsError(f"--out {out} is a file; name a folder (it is created if missing)")
+            paths = dataclasses.replace(paths, results_dir=out)
         ev = stage_mod.run(p, paths, tasks)
         m = ev["metrics"]
         console.print(
             f"evaluate: {ev['completed_tasks']}/{ev['total_tasks']} tasks; ADS {m['avg_score']:.3f} vs no data {m['avg_baseline_score']:.3f}"
             f" ({m['mean_diff_vs_no_data']:+.3f}, 95% CI [{m['ci95_vs_no_data'][0]:+.3f}, {m['ci95_vs_no_data'][1]:+.3f}]),"
             f" win/tie/loss {m['win_rate']:.0%}/{m['tie_rate']:.0%}/{m['loss_rate']:.0%}, mean cost {m['avg_cost']:.0f}"
-            f" in {ev['run']['timings']['total_s']:.0f}s -> results/report.md"
+            f" in {ev['run']['timings']['total_s']:.0f}s -> {os.path.relpath(paths.report)}"
         )
 
 

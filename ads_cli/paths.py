@@ -19,6 +19,7 @@ from .errors import AdsError
 @dataclass(frozen=True)
 class Paths:
     root: Path
+    results_dir: Path | None = None  # `ads evaluate --out`: the results written elsewhere than results/
 
     @classmethod
     def here(cls) -> "Paths":
@@ -50,7 +51,7 @@ class Paths:
 
     @property
     def results(self) -> Path:
-        return self.root / "results"
+        return self.results_dir or self.root / "results"
 
     @property
     def logs(self) -> Path:

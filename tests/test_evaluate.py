@@ -109,6 +109,19 @@ def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     mine = read_jsonl(trained.tasks_test)[:1]
     mine[0]["id"] = "my-own-task"
     write_jsonl(tmp_path / "mine.jsonl", mine)
+    # --out keeps the pipeline's results as they are
+    before = {p: p.read_bytes() for p in (trained.root / "results").rglob("*") if p.is_file()}
+    result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "mine.jsonl"), "--out", str(tmp_path / "mine_results")])
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in (trained.root / "results").rglob("*") if p.is_file()} == before
+    out = tmp_path / "mine_results"
+    assert [t["task"] for t in read_json(out / "evaluation.json")["task_results"]] == ["my-own-task"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["by_category.png", "scores.png"]
+    assert "## Training" not in (out / "report.md").read_text()  # train's charts are not beside it
+    assert "mine_results/report.md" in result.output.replace("\n", "")
+    (tmp_path / "a_file").write_text("")
+    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "a_file")])
+    assert result.exit_code == 2 and "a_file is a file; name a folder" in result.output
     result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "mine.jsonl")])
     assert result.exit_code == 0, result.output
     ev = read_json(trained.root / "results/evaluation.json")

@@ -179,8 +179,10 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     write_json(paths.plot_scores, [{"method": m, "lens": lens, "score": s["methods"][m]["score"], "cost": s["methods"][m]["cost"]}
                                    for lens, s in lenses.items() for m in s["methods"]])
     # the training charts are `ads train`'s (which evaluate needs): linked whether or not this
-    # folder still holds them, so that the report depends only on what evaluate reads
-    write_text(paths.report, report(evaluation, evaluation_charts(evaluation, paths.plots) + TRAIN_CHARTS))
+    # folder still holds them, so that the report depends only on what evaluate reads; a report
+    # written elsewhere (`--out`) has no training charts beside it
+    train_charts = TRAIN_CHARTS if paths.results_dir is None else []
+    write_text(paths.report, report(evaluation, evaluation_charts(evaluation, paths.plots) + train_charts))
     # what differs from run to run (timing, cache, resumed calls): beside the results, not in them
     total = time.monotonic() - started
     run_info = {"resumed_calls": resumed, "cache": {"policy": policy.cache.stats(), "apis": ctx.cache_stats()},
