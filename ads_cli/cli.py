@@ -238,7 +238,8 @@ def evaluate(
             out = out.expanduser().absolute()
             if out.exists() and not out.is_dir():
                 raise AdsError(f"--out {out} is a file; name a folder (it is created if missing)")
-            paths = dataclasses.replace(paths, results_dir=out)
+            if out.resolve() != paths.results.resolve():
+                paths = dataclasses.replace(paths, results_dir=out)
         ev = stage_mod.run(p, paths, tasks)
         m = ev["metrics"]
         console.print(
