@@ -7,6 +7,7 @@ tests that need the real SmolLM2 are marked `model`.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -141,3 +142,18 @@ def trained(tmp_path_factory) -> Paths:
     before changing its training (running `ads evaluate` in it is fine: every test that reads
     results writes them first)."""
     return train_project(tmp_path_factory.mktemp("trained"))
+
+
+# a plain progress line (ads_cli.progress, outside a terminal): `what: 2/8 (5s, ETA 15s)`
+PROGRESS_LINE = re.compile(r".+: \d+(/\d+)? \(\d+s(, ETA \d+s)?\)")
+
+
+def one_line_error(result, fragment: str) -> str:
+    """A CLI failure as the user sees it: exit code 2, no traceback, and one line holding
+    `fragment`, which is returned. Work done before the failure may have printed plain progress lines (a step slower
+    than 5 s, as on a loaded machine); they are not part of the error."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = [line for line in result.output.splitlines() if line.strip() and not PROGRESS_LINE.fullmatch(line)]
+    assert len(lines) == 1 and fragment in lines[0], result.output
+    return lines[0]

@@ -5,6 +5,7 @@ from typer.testing import CliRunner
 
 from ads_cli import __version__
 from ads_cli.cli import app
+from conftest import one_line_error
 
 runner = CliRunner()
 
@@ -32,21 +33,14 @@ def test_prepare_index_search_on_user_files(project, user_files):
     assert len(lines) == 2 and lines[0]["title"] == "Kenya"
 
 
-def _one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and fragment in lines[0], result.output
-
-
 def test_bad_input_is_one_line_exit_2(project, user_files):
     docs, tasks = user_files
-    _one_line_error(runner.invoke(app, ["prepare", "--set", "prepare.bogus=1"]), "unknown params key prepare.bogus")
-    _one_line_error(runner.invoke(app, ["prepare", "--params", "nope.yaml"]), "params file not found")
+    one_line_error(runner.invoke(app, ["prepare", "--set", "prepare.bogus=1"]), "unknown params key prepare.bogus")
+    one_line_error(runner.invoke(app, ["prepare", "--params", "nope.yaml"]), "params file not found")
     (project.root / "bad.jsonl").write_bytes(b'{"task": "a", "input": "q", "reference": "r"}\n{oops\n')
-    _one_line_error(runner.invoke(app, ["prepare", "--docs", str(docs), "--tasks", "bad.jsonl"]), "bad.jsonl:2: malformed JSON")
+    one_line_error(runner.invoke(app, ["prepare", "--docs", str(docs), "--tasks", "bad.jsonl"]), "bad.jsonl:2: malformed JSON")
     (project.root / "empty.jsonl").write_bytes(b"")
-    _one_line_error(runner.invoke(app, ["prepare", "--docs", str(docs), "--tasks", "empty.jsonl"]), "task file is empty")
-    _one_line_error(runner.invoke(app, ["prepare", "--docs", "missing.jsonl", "--tasks", str(tasks)]), "does not exist")
-    _one_line_error(runner.invoke(app, ["search", "anything"]), "run `ads index` first")
-    _one_line_error(runner.invoke(app, ["index"]), "run `ads prepare` first")
+    one_line_error(runner.invoke(app, ["prepare", "--docs", str(docs), "--tasks", "empty.jsonl"]), "task file is empty")
+    one_line_error(runner.invoke(app, ["prepare", "--docs", "missing.jsonl", "--tasks", str(tasks)]), "does not exist")
+    one_line_error(runner.invoke(app, ["search", "anything"]), "run `ads index` first")
+    one_line_error(runner.invoke(app, ["index"]), "run `ads prepare` first")

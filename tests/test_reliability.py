@@ -15,15 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ads_cli.cli import app
-from conftest import REPO
+from conftest import REPO, one_line_error
 
 runner = CliRunner()
-
-
-def one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.output, result.output
 
 
 def copy_project(src: Path, dst: Path, keep_training: bool = True) -> Path:

@@ -18,7 +18,7 @@ from ads_cli.stages import execute
 from ads_cli.apis import APIResult
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json, read_jsonl
-from conftest import write_jsonl
+from conftest import one_line_error, write_jsonl
 
 runner = CliRunner()
 
@@ -144,26 +144,20 @@ def test_torn_journal_line_is_cut_off(tmp_path):
     assert calls.read_journal(path, "other settings") == ({}, 0)
 
 
-def _one_line_error(result, fragment):
-    assert result.exit_code == 2, result.output
-    lines = [l for l in result.output.splitlines() if l.strip()]
-    assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in result.output
-
-
 def test_bad_inputs(prepared):
-    _one_line_error(runner.invoke(app, ["execute", "--iter", "3"]), "run `ads sample --iter 3` first")
+    one_line_error(runner.invoke(app, ["execute", "--iter", "3"]), "run `ads sample --iter 3` first")
     prepared.trajectories(1).parent.mkdir(parents=True, exist_ok=True)
     prepared.trajectories(1).write_bytes(b'{"task_id": "a", "trajectory_id": "a#1.0", "calls": []}\n{"task_id": 1}\n')
-    _one_line_error(runner.invoke(app, ["execute"]), "trajectories.jsonl:2: field 'task_id' must be a string")
+    one_line_error(runner.invoke(app, ["execute"]), "trajectories.jsonl:2: field 'task_id' must be a string")
     prepared.trajectories(1).write_bytes(b'{"task_id": "a", "trajectory_id": "a#1.0", "calls": [{"api": "retrieve"}]}\n')
-    _one_line_error(runner.invoke(app, ["execute"]), "trajectories.jsonl:1: each call must be")
+    one_line_error(runner.invoke(app, ["execute"]), "trajectories.jsonl:1: each call must be")
     prepared.tasks_train.write_bytes(b"")
-    _one_line_error(runner.invoke(app, ["sample"]), "zero tasks")
+    one_line_error(runner.invoke(app, ["sample"]), "zero tasks")
     import shutil
 
     shutil.rmtree(prepared.index)
     _trajectories(prepared, [[{"api": "retrieve", "arg": "Kenya"}]])
-    _one_line_error(runner.invoke(app, ["execute"]), "run `ads index` first")
+    one_line_error(runner.invoke(app, ["execute"]), "run `ads index` first")
 
 
 def test_third_party_api_is_picked_up_from_entry_points(tmp_path, monkeypatch, prepared):
