@@ -150,8 +150,8 @@ PROGRESS_LINE = re.compile(r".+: \d+(/\d+)? \(\d+s(, ETA \d+s)?\)")
 
 def one_line_error(result, fragment: str) -> str:
     """A CLI failure as the user sees it: exit code 2, no traceback, and one line holding
-    `fragment`, which is returned. Work done before the failure may have printed plain progress lines (a step slower
-    than 5 s, as on a loaded machine); they are not part of the error."""
+    `fragment`, which is returned. Work done before the failure may have printed plain progress
+    lines (a step slower than 5 s, as on a loaded machine); they are not part of the error."""
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output, result.output
     lines = [line for line in result.output.splitlines() if line.strip() and not PROGRESS_LINE.fullmatch(line)]

@@ -7,6 +7,7 @@ from ads_cli.method import evaluation
 from ads_cli.stages import evaluate
 from ads_cli.cli import app
 from ads_cli.jsonl import read_json, read_jsonl, write_jsonl
+from conftest import one_line_error
 
 runner = CliRunner()
 
@@ -120,8 +121,7 @@ def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     assert "## Training" not in (out / "report.md").read_text()  # train's charts are not beside it
     assert "mine_results/report.md" in result.output.replace("\n", "")
     (tmp_path / "a_file").write_text("")
-    result = runner.invoke(app, ["evaluate", "--out", str(tmp_path / "a_file")])
-    assert result.exit_code == 2 and "a_file is a file; name a folder" in result.output
+    one_line_error(runner.invoke(app, ["evaluate", "--out", str(tmp_path / "a_file")]), "a_file is a file; name a folder")
     result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "mine.jsonl")])
     assert result.exit_code == 0, result.output
     ev = read_json(trained.root / "results/evaluation.json")
