@@ -122,6 +122,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "likelihood": True,
         "check_observed": True,
         "candidates": 1,
+        "single_calls": ["retrieve", "demonstrate"],
         "tie_epsilon": 0.05,
         "tie_epsilon_likelihood": 0.02,
         "seed": 0,
@@ -129,6 +130,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 METRICS = ("exact", "contains", "f1")
+SINGLE_CALL_APIS = ("retrieve", "demonstrate", "answer")  # the built-in APIs, each a `<api>_only` baseline
 
 
 def _check_positive(params: dict, section: str, key: str, minimum: float = 1) -> None:
@@ -197,6 +199,9 @@ def validate(params: dict) -> dict:
         _check_positive(params, "sample", key)
     _check_positive(params, "sample", "n_exemplars", 0)
     _check_positive(params, "evaluate", "candidates")
+    singles = params["evaluate"]["single_calls"]
+    if any(api not in SINGLE_CALL_APIS for api in singles) or len(set(singles)) != len(singles):
+        raise AdsError(f"params: evaluate.single_calls must list distinct APIs among {', '.join(SINGLE_CALL_APIS)}, got {singles!r}")
     _check_positive(params, "sample", "temperature", 0)
     _check_positive(params, "lm", "temperature", 0)
     _validate_backends(params)

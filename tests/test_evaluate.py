@@ -69,12 +69,17 @@ def test_evaluate_end_to_end_and_report_matches_json(trained, monkeypatch):
         assert t["methods"]["fewshot"]["likelihood"] == t["methods"]["no_data"]["likelihood"]  # the default layout is few-shot
         m, lenses = t["methods"], ("score", "likelihood")
         check = m["ads"]["check"]
-        assert len(check["candidates"]) == 2 and check["candidates"][0]["calls"] == m["ads_unchecked"]["calls"]  # tiny: 2
-        assert m["ads"]["cost"] == sum(c["cost"] for c in check["candidates"]) >= m["ads_unchecked"]["cost"]
+        # tiny: 2 from the optimizer, then each API once on the first observed question (single_calls)
+        singles = ["retrieve_only", "demonstrate_only", "answer_only"]
+        assert len(check["candidates"]) == 2 + len(singles) and check["candidates"][0]["calls"] == m["ads_unchecked"]["calls"]
+        assert [c["calls"] for c in check["candidates"][2:]] == [m[s]["calls"] for s in singles]
+        assert m["ads"]["cost"] == sum(c["cost"] for c in check["candidates"]) >= m["ads_unchecked"]["cost"] + sum(m[s]["cost"] for s in singles)
         if check["chosen"] is None:
             assert [m["ads"][k] for k in lenses] == [m["no_data"][k] for k in lenses]
         elif check["chosen"] == 0:
             assert [m["ads"][k] for k in lenses] == [m["ads_unchecked"][k] for k in lenses]
+        elif check["chosen"] >= 2:  # the data of a single call: the same context, so the same scores as that baseline
+            assert [m["ads"][k] for k in lenses] == [m[singles[check["chosen"] - 2]][k] for k in lenses]
         assert m["ads"]["calls"] == check["candidates"][check["chosen"] or 0]["calls"]
     checks = [c["kept"] for t in ev["task_results"] for c in t["methods"]["ads"]["check"]["candidates"] if c["calls"]]
     assert checks, "no test task collected data: the check was not exercised"

@@ -34,6 +34,9 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     ("evaluate.tie_epsilon_likelihood=-0.1", "evaluate.tie_epsilon_likelihood must be >= 0"),
     ("evaluate.candidates=0", "evaluate.candidates must be >= 1"),
     ("train.observed_check=maybe", "train.observed_check must be bool"),
+    ("evaluate.single_calls=[retrieve, search]", "evaluate.single_calls must list distinct APIs among retrieve, demonstrate, answer"),
+    ("evaluate.single_calls=[answer, answer]", "got ['answer', 'answer']"),
+    ("evaluate.single_calls=true", "evaluate.single_calls must be list"),
 ])
 def test_bad_overrides_are_one_line_errors(override, fragment):
     with pytest.raises(AdsError) as e:

@@ -101,9 +101,10 @@ def report(evaluation: dict, charts: list[str] = ()) -> str:
         m = t["methods"]
         check = m["ads"].get("check")
         if check and check["chosen"]:
-            calls += f" (candidate {check['chosen'] + 1} of {len(check['candidates'])})"
-        elif check and not check["kept"] and any(c["calls"] for c in check["candidates"]):
-            calls += " (data dropped: no gain on the observed examples)"
+            chosen = check["candidates"][check["chosen"]]
+            calls += f" (candidate {check['chosen'] + 1} of {len(check['candidates'])}: {chosen['trajectory_id'].rsplit('#', 1)[-1]})"
+        elif check and not check["kept"] and (collected := sum(1 for c in check["candidates"] if c["calls"])):
+            calls += f" (the data of {collected} of {len(check['candidates'])} candidates, dropped: no gain on the observed examples)"
         likelihood = [f"{m[x]['likelihood']:.3f}" if "likelihood" in m[x] else "—" for x in ("no_data", "ads")]
         lines.append(f"| {t['task']} | {t['metric']} | {calls.replace('|', '/')} | {m['no_data']['score']:.3f} | {m['ads']['score']:.3f}"
                      f" | {likelihood[0]} | {likelihood[1]} |")

@@ -4,7 +4,8 @@ Per test task, on the same held-out examples in one run, each method is scored i
 lens (the policy answers; the task's metric) and the likelihood lens (log2 p of the references
 per byte), with the policy's prompt laid out as in training (`train.fewshot`):
 - `ads`: the final optimizer writes `evaluate.candidates` trajectories from the observed examples
-  (the first greedy, the others sampled as in training); all are executed, and the policy answers
+  (the first greedy, the others sampled as in training), and each API of `evaluate.single_calls`
+  called once on the first observed question joins them; all are executed, and the policy answers
   with the data of the one that clears the noise on the task's observed examples by the most
   (`evaluate.check_observed`, `chosen_on_observed`), else with none; `ads_unchecked` is the
   greedy trajectory's data kept unconditionally, at its own cost (ADS before that check);
@@ -39,7 +40,7 @@ from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
 from ..method.policy import answer_observed, build_context, observed_baseline, observed_check, require_likelihood, score_lenses
 from ..method.stats import mean
 from ..method.tasks import last_message, load_tasks
-from ..params import tie_epsilon
+from ..params import SINGLE_CALL_APIS, tie_epsilon
 from ..paths import Paths
 from ..progress import log, phase_seconds, reset_phases, track
 
@@ -69,7 +70,7 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     final_optimizer, final_exemplars, final = trained_optimizer(params, paths)
     ctx = api_context(params, paths)
     apis = registry(ctx)
-    builtin = ["retrieve", "demonstrate", "answer"]
+    builtin = list(SINGLE_CALL_APIS)
     policy = load_role(params, "policy", paths)
     max_tokens, fewshot, budget = params["lm"]["max_new_tokens"], params["train"]["fewshot"], params["train"]["context_tokens"]
     if e["likelihood"]:
@@ -138,6 +139,9 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                         ex = assemble(trajectory, call_results)
                         candidates.append({"trajectory_id": trajectory["trajectory_id"], "calls": trajectory["calls"], "cost": ex["cost"],
                                            "errors": ex["errors"], "context": build_context(task, ex["items"], budget, policy.count_tokens)})
+                    # each API in `single_calls` once on the first observed question: the calls of `<api>_only`
+                    candidates += [{"trajectory_id": trajectories[(tid, f"{api}_only")]["trajectory_id"], "context": contexts[f"{api}_only"]}
+                                   | {k: methods[f"{api}_only"][k] for k in ("calls", "cost", "errors")} for api in e["single_calls"]]
                     methods["ads"] = chosen_on_observed(policy, task, candidates, no_data, params,
                                                         lambda c: scored(c, "ads (chosen)"))
                 drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
@@ -196,8 +200,9 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     examples only.
 
     `candidates` are the trajectories the final optimizer wrote for the task (`evaluate.candidates`:
-    the greedy one first, scored on the held-out examples, then sampled ones), each executed, with
-    its `context`, `calls`, `cost` and `errors`. Each candidate's gain on the observed examples
+    the greedy one first, scored on the held-out examples, then sampled ones) and each API of
+    `evaluate.single_calls` called once on the first observed question, each executed,
+    with its `context`, `calls`, `cost` and `errors`. Each candidate's gain on the observed examples
     (leave one out, in the `train.reward` lens) is tested with training's acceptance rule
     (`clears_noise`); of those that clear the noise, the one with the highest mean gain is kept
     (the earlier on a tie) and scored with `score_held_out(context)`; if none clears it, the policy
