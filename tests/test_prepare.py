@@ -126,6 +126,10 @@ def test_split_is_stratified_by_category():
         assert (count(test, "code"), count(test, "math"), count(test, "knowledge")) == (4, 2, 2)
         assert (count(train, "code"), count(train, "math"), count(train, "knowledge")) == (8, 4, 4)
         assert not {t["id"] for t in train} & {t["id"] for t in test}
+        # test from the lowest ranks, train from the highest: growing one leaves the other as it was
+        assert prepare.split_tasks(tasks, seed, n_test=20, n_train=16)[0] == train
+        assert prepare.split_tasks(tasks, seed, n_test=8, n_train=30)[1] == test
+        assert len(prepare.split_tasks(tasks, seed, n_test=30, n_train=16)[0]) == 10  # they meet: train gets the rest
 
 
 def test_categorize():

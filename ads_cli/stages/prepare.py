@@ -243,7 +243,8 @@ def split_tasks(tasks: list[dict], seed: int, n_test: int, n_train: int) -> tupl
     """Disjoint train/test sets by seed, stratified by category. `n_train` 0: every task not in test.
 
     Each category is shuffled on its own and its tasks get evenly spaced ranks in [0, 1); taking
-    tasks in rank order gives every category its share of test and of train.
+    tasks in rank order gives every category its share of test and of train. Test takes the lowest
+    ranks and train the highest, so growing one set leaves the other as it was (until they meet).
     """
     by_category: dict[str, list[dict]] = collections.defaultdict(list)
     for task in sorted(tasks, key=lambda t: t["id"]):
@@ -256,7 +257,7 @@ def split_tasks(tasks: list[dict], seed: int, n_test: int, n_train: int) -> tupl
     ordered = [task for _, _, task in sorted(ranked, key=lambda r: (r[0], r[1]))]
     test = ordered[:n_test]
     rest = ordered[n_test:]
-    train = rest if n_train == 0 else rest[:n_train]
+    train = rest if n_train == 0 else rest[len(rest) - min(n_train, len(rest)):]
     return sorted(train, key=lambda t: t["id"]), sorted(test, key=lambda t: t["id"])
 
 
