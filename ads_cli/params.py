@@ -51,7 +51,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_ascii_ratio": 0.95,
         "min_english_share": 0.1,
         "default_metric": "contains",
-        "n_test": 20,
+        "n_test": 16,
         "n_train": 16,
         "observed": 3,
         "heldout": 8,
