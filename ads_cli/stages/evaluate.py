@@ -139,9 +139,9 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
                         ex = assemble(trajectory, call_results)
                         candidates.append({"trajectory_id": trajectory["trajectory_id"], "calls": trajectory["calls"], "cost": ex["cost"],
                                            "errors": ex["errors"], "context": build_context(task, ex["items"], budget, policy.count_tokens)})
-                    # each API in `single_calls` once on the first observed question: the calls of `<api>_only`
-                    candidates += [{"trajectory_id": trajectories[(tid, f"{api}_only")]["trajectory_id"], "context": contexts[f"{api}_only"]}
-                                   | {k: methods[f"{api}_only"][k] for k in ("calls", "cost", "errors")} for api in e["single_calls"]]
+                    # each API in `single_calls` once on the first observed question: `<api>_only`, already scored
+                    candidates += [dict(methods[f"{api}_only"], trajectory_id=trajectories[(tid, f"{api}_only")]["trajectory_id"],
+                                        context=contexts[f"{api}_only"]) for api in e["single_calls"]]
                     methods["ads"] = chosen_on_observed(policy, task, candidates, no_data, params,
                                                         lambda c: scored(c, "ads (chosen)"))
                 drawn = random_docs(docs, params["index"]["top_k"], f"{e['seed']}:{tid}")
@@ -200,12 +200,13 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     examples only.
 
     `candidates` are the trajectories the final optimizer wrote for the task (`evaluate.candidates`:
-    the greedy one first, scored on the held-out examples, then sampled ones) and each API of
-    `evaluate.single_calls` called once on the first observed question, each executed,
-    with its `context`, `calls`, `cost` and `errors`. Each candidate's gain on the observed examples
-    (leave one out, in the `train.reward` lens) is tested with training's acceptance rule
-    (`clears_noise`); of those that clear the noise, the one with the highest mean gain is kept
-    (the earlier on a tie) and scored with `score_held_out(context)`; if none clears it, the policy
+    the greedy one first, then sampled ones) and each API of `evaluate.single_calls` called once
+    on the first observed question, each executed, with its `context`, `calls`, `cost` and
+    `errors`, and its held-out `score` (and `likelihood`) where they are known already. Each
+    candidate's gain on the observed examples (leave one out, in the `train.reward` lens) is
+    tested with training's acceptance rule (`clears_noise`); of those that clear the noise, the
+    one with the highest mean gain is kept (the earlier on a tie) and, unless scored already,
+    scored with `score_held_out(context)`; if none clears it, the policy
     answers with no data. Every candidate's calls were made, so all their costs count. The
     held-out examples are read only to score the chosen candidate."""
     without = observed_baseline(policy, task, params, "evaluate: ads check") if any(c["context"] for c in candidates) else []
@@ -217,8 +218,8 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
     chosen = max((j for j, c in enumerate(checked) if c["kept"]), key=lambda j: (mean(checked[j]["observed_gains"]), -j), default=None)
     if chosen is None:
         scores = no_data
-    elif chosen == 0:
-        scores = candidates[0]  # the greedy candidate was scored on the held-out examples already
+    elif "score" in candidates[chosen]:  # the greedy trajectory and the single calls were scored as methods already
+        scores = candidates[chosen]
     else:
         scores = score_held_out(candidates[chosen]["context"])
     return {k: v for k, v in scores.items() if k in ("score", "likelihood")} | {
