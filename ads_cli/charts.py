@@ -132,9 +132,11 @@ def _by_category(lenses: dict):
 
 def train_charts(iterations: list[dict], rewards: dict[int, list[dict]], kept: dict[int, set], out: Path) -> list[str]:
     """train_progress.png, api_mix.png and gain_cost.png from each iteration's metrics (train
-    manifests), reward rows and kept trajectory ids; returns the files written."""
+    manifests), reward rows and kept trajectory ids; returns the files written. The charts are
+    the optimizer's: the single calls offered beside its trajectories (`source`) are left out."""
     if not iterations:
         return []
+    rewards = {k: [r for r in rows if r.get("source", "optimizer") == "optimizer"] for k, rows in rewards.items()}
 
     def draw():
         _save(_progress(iterations), out / "train_progress.png")

@@ -96,6 +96,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "temperature": 0.8,
         "max_new_tokens": 40,
         "constrained": True,
+        "single_calls": ["retrieve", "demonstrate"],
         "seed": 0,
     },
     "train": {
@@ -199,9 +200,10 @@ def validate(params: dict) -> dict:
         _check_positive(params, "sample", key)
     _check_positive(params, "sample", "n_exemplars", 0)
     _check_positive(params, "evaluate", "candidates")
-    singles = params["evaluate"]["single_calls"]
-    if any(api not in SINGLE_CALL_APIS for api in singles) or len(set(singles)) != len(singles):
-        raise AdsError(f"params: evaluate.single_calls must list distinct APIs among {', '.join(SINGLE_CALL_APIS)}, got {singles!r}")
+    for section in ("sample", "evaluate"):
+        singles = params[section]["single_calls"]
+        if any(api not in SINGLE_CALL_APIS for api in singles) or len(set(singles)) != len(singles):
+            raise AdsError(f"params: {section}.single_calls must list distinct APIs among {', '.join(SINGLE_CALL_APIS)}, got {singles!r}")
     _check_positive(params, "sample", "temperature", 0)
     _check_positive(params, "lm", "temperature", 0)
     _validate_backends(params)

@@ -44,15 +44,25 @@ def test_sample_writes_parsed_trajectories_for_every_task(prepared):
     params = params_mod.load("params.yaml")
     trajectories = read_jsonl(prepared.trajectories(1))
     tasks = read_jsonl(prepared.tasks_train)
-    n = params["sample"]["n_trajectories"]
-    assert len(trajectories) == len(tasks) * n
-    assert {t["task_id"] for t in trajectories} == {t["id"] for t in tasks}
-    for t in trajectories:
+    n, singles = params["sample"]["n_trajectories"], params["sample"]["single_calls"]
+    assert singles, "the test needs single calls beside the optimizer's trajectories"
+    own = [t for t in trajectories if t["source"] == "optimizer"]
+    assert len(own) == len(tasks) * n
+    assert {t["task_id"] for t in own} == {t["id"] for t in tasks}
+    for t in own:
         assert ("parse_error" in t) == (t["calls"] == [] and t["raw"].strip().lower() != "none")
         assert len(t["calls"]) <= params["sample"]["max_calls"]
+    # beside them, each API of sample.single_calls once per task, on its first observed question
+    by_task = {t["id"]: t for t in tasks}
+    single = sorted((t["task_id"], t["calls"][0]["api"], t["calls"][0]["arg"], len(t["calls"]))
+                    for t in trajectories if t["source"] == "single_call")
+    assert single == sorted((task["id"], api, by_task[task["id"]]["observed"][0]["input"][:200], 1)
+                            for task in tasks for api in singles)
+    assert len(trajectories) == len(own) + len(single)
     manifest = read_json(prepared.iteration(1) / "sample_manifest.json")
-    parsed = sum("parse_error" not in t for t in trajectories)
-    assert manifest["counts"]["parse_rate"] == round(parsed / len(trajectories), 4)
+    parsed = sum("parse_error" not in t for t in own)
+    assert manifest["counts"]["parse_rate"] == round(parsed / len(own), 4)
+    assert manifest["counts"]["single_calls"] == len(single)
     # same params and seed: same bytes (the second run is served by the call cache)
     first = prepared.trajectories(1).read_bytes()
     assert runner.invoke(app, ["sample"]).exit_code == 0

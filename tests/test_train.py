@@ -66,10 +66,21 @@ def test_two_iterations_write_everything(trained):
     assert len(state) == len(read_jsonl(trained.tasks_train)) and not any(e["seed"] for e in state)
     assert read_json(trained.iteration(2) / "sample_manifest.json")["counts"]["learned_exemplars"] == len(state)
     learned = {e["task_id"] for e in state}
-    assert all(set(t["exemplars"]) & learned for t in read_jsonl(trained.trajectories(2)))
+    assert all(set(t["exemplars"]) & learned for t in read_jsonl(trained.trajectories(2)) if t["source"] == "optimizer")
     metrics = read_json(trained.root / "results/train_metrics.json")
     assert metrics["iterations"] == 2 and metrics["last_vs_previous"]["n"] == len(state)
-    last = read_jsonl(trained.iteration(2) / "rewards.jsonl")
+    # the optimizer's figures leave out the single calls beside its trajectories, summarised apart
+    rows = read_jsonl(trained.iteration(2) / "rewards.jsonl")
+    last = [r for r in rows if r["source"] == "optimizer"]
+    single = [r for r in rows if r["source"] == "single_call"]
+    assert len(last) == len(state) * params["sample"]["n_trajectories"]
+    assert len(single) == len(state) * len(params["sample"]["single_calls"])
+    assert metrics["mean_gain"] == pytest.approx(sum(r["gain"] for r in last) / len(last), abs=1e-6)
+    assert metrics["single_calls"] == {api: {"rows": len(state), "accepted": sum(r["accepted"] for r in single if r["calls"][0]["api"] == api),
+                                             "mean_gain": pytest.approx(sum(r["gain"] for r in single if r["calls"][0]["api"] == api) / len(state), abs=1e-6)}
+                                       for api in params["sample"]["single_calls"]}
+    best = read_jsonl(trained.iteration(2) / "best.jsonl")
+    assert metrics["kept_single_calls"] == sum((b["trajectory_id"] or "").endswith("_only") for b in best)
     checked = metrics["checked"]
     assert checked["mean_gain"] == pytest.approx(sum(r.get("checked_gain", 0.0) for r in last) / len(last), abs=1e-6)
     assert checked["with_data"] == sum(bool(r["n_items"]) for r in last) and checked["kept"] <= checked["with_data"]

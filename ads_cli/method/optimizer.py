@@ -190,6 +190,21 @@ def load_optimizer(params: dict, paths: Paths, iteration: int) -> tuple[Model, l
     return optimizer, exemplars
 
 
+def single_call(task: dict, api: str) -> list[dict]:
+    """`api` called once on the task's first observed question: the `<api>_only` baseline's
+    trajectory, and a candidate beside the optimizer's own, in training (`sample.single_calls`)
+    and at evaluation (`evaluate.single_calls`)."""
+    return [{"api": api, "arg": last_message(task["observed"][0]["input"])[:200]}]
+
+
+def single_call_records(tasks: list[dict], apis: list[str], iteration: int) -> list[dict]:
+    """Trajectory records (as `propose` writes them) of each API in `apis` called once per task
+    (`single_call`), marked `source: single_call`: exploration that rejection sampling may keep,
+    so that the optimizer can learn it, and that the optimizer's own figures leave out."""
+    return [{"task_id": t["id"], "trajectory_id": f"{t['id']}#{iteration}.{api}_only", "iteration": iteration,
+             "calls": single_call(t, api), "raw": "", "cost": 0, "source": "single_call"} for t in tasks for api in apis]
+
+
 def call_grammar(api_names: list[str]) -> LineGrammar:
     """Every line starts with an API name, `none` (first line only) or `end`."""
     calls = [f"{name}:" for name in api_names]
@@ -222,7 +237,7 @@ def propose(optimizer: Model, tasks: list[dict], observed_answers: dict, learned
             for task, prompt, exemplars, g in zip(group, prompts, chosen, gens):
                 calls, error = ([], f"generation failed ({g.error})") if g.error else parse_trajectory(g.text, set(apis), sample["max_calls"])
                 record = {"task_id": task["id"], "trajectory_id": f"{task['id']}#{iteration}.{j}", "iteration": iteration,
-                          "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt,
+                          "calls": calls, "raw": g.text, "cost": g.cost, "prompt": prompt, "source": "optimizer",
                           "exemplars": [e.get("task_id", e["task"]) for e in exemplars]}
                 if error:
                     record["parse_error"] = error

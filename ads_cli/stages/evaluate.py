@@ -34,7 +34,7 @@ from ..engine.roles import load_role
 from ..errors import AdsError
 from ..jsonl import read_json, read_jsonl, write_json, write_text
 from ..method.calls import api_context, assemble, fingerprint, run_calls
-from ..method.optimizer import propose
+from ..method.optimizer import propose, single_call
 from ..charts import evaluation_charts
 from ..method.evaluation import REFERENCE, TRAIN_CHARTS, report, summarize
 from ..method.policy import answer_observed, build_context, observed_baseline, observed_check, require_likelihood, score_lenses
@@ -96,12 +96,11 @@ def run(params: dict, paths: Paths, tasks_path: Path | None = None) -> dict:
     trajectories: dict[tuple[str, str], dict] = {}
     for task in tasks:
         tid = task["id"]
-        first_q = last_message(task["observed"][0]["input"])[:200]
         plans = {
             "ads": ads[tid],
             "iter0": iter0[tid],
             "random": {"calls": random_trajectory(task, len(ads[tid]["calls"]), builtin, e["seed"])},
-            **{f"{api}_only": {"calls": [{"api": api, "arg": first_q}]} for api in builtin},
+            **{f"{api}_only": {"calls": single_call(task, api)} for api in builtin},
         }
         plans |= {f"ads.{j + 1}": plan for j, plan in enumerate(sampled[tid])}
         for method, plan in plans.items():

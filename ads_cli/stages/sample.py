@@ -1,4 +1,8 @@
-"""`ads sample`: the optimizer writes N trajectories per train task -> data/iter_K/trajectories.jsonl."""
+"""`ads sample`: the optimizer writes N trajectories per train task -> data/iter_K/trajectories.jsonl.
+
+Beside them, each API of `sample.single_calls` called once on the task's first observed question
+(`source: single_call`): exploration that rejection sampling may keep, so that the optimizer can
+learn what a 135M optimizer rarely writes on its own. The manifest's figures are the optimizer's."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from ..apis import registry
 from ..engine.roles import load_role
 from ..jsonl import write_json, write_jsonl
 from ..method.calls import api_context
-from ..method.optimizer import argument_quality, error_kind, load_optimizer, propose
+from ..method.optimizer import argument_quality, error_kind, load_optimizer, propose, single_call_records
 from ..method.policy import answer_observed
 from ..method.tasks import load_tasks
 from ..paths import Paths
@@ -27,8 +31,9 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
     observed_answers = answer_observed(policy, tasks, params, "sample: policy baseline")
     records = propose(optimizer, tasks, observed_answers, learned, apis, p, iteration=iteration,
                       n_trajectories=p["n_trajectories"], temperature=p["temperature"])
+    singles = single_call_records(tasks, p["single_calls"], iteration)
 
-    write_jsonl(paths.trajectories(iteration), records)
+    write_jsonl(paths.trajectories(iteration), sorted(records + singles, key=lambda r: r["trajectory_id"]))
 
     parsed = [r for r in records if "parse_error" not in r]
     manifest = {
@@ -37,7 +42,7 @@ def run(params: dict, paths: Paths, iteration: int = 1) -> dict:
         "params": p,
         "optimizer": optimizer.name,
         "counts": {
-            "tasks": len(tasks), "learned_exemplars": len(learned), "trajectories": len(records),
+            "tasks": len(tasks), "learned_exemplars": len(learned), "trajectories": len(records), "single_calls": len(singles),
             "parse_rate": round(len(parsed) / len(records), 4),
             "empty_trajectories": sum(not r["calls"] for r in parsed),
             "api_mix": dict(collections.Counter(c["api"] for r in parsed for c in r["calls"])),

@@ -4,8 +4,8 @@ One iteration K: `ads sample` -> `ads execute` -> update. The update:
 1. the policy answers each task's held-out examples with a trajectory's collected items in its
    prompt (`icl`) or after a LoRA fine-tune on them (`lora`);
 2. reward = score gain over the no-data policy - lambda * cost / cost_scale (method/reward.py);
-3. rejection sampling: per task, the best accepted trajectory (or "none", whose reward is 0 by
-   definition) is kept if its reward >= min_reward, unless an earlier iteration's kept data
+3. rejection sampling: per task, the best accepted trajectory (of the optimizer's, and the
+   single calls `ads sample` puts beside them; or "none", whose reward is 0 by definition) is kept if its reward >= min_reward, unless an earlier iteration's kept data
    did at least as well (`keeps_earlier`: then that stays); it joins the optimizer's exemplars
    for iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
 4. best-versus-worst pairs are exported for DPO, and per-iteration metrics are appended.
@@ -48,7 +48,7 @@ def reward_row(execution: dict, trajectory: dict, lenses: dict, no_data: dict, t
     row = {"trajectory_id": execution["trajectory_id"], "task_id": execution["task_id"], "calls": trajectory.get("calls", []),
            "lens": lens, "score": mean(lenses[lens]), "baseline": mean(no_data[lens]), "gain": gain, "scores": lenses[lens]}
     row |= {f"{x}_gain": mean(per_lens[x]) for x in scored} | {f"{x}_scores": lenses[x] for x in scored}
-    row |= {"accepted": clears_noise(per_lens[lens], t["seed"]), "cost": execution["cost"],
+    row |= {"source": trajectory.get("source", "optimizer"), "accepted": clears_noise(per_lens[lens], t["seed"]), "cost": execution["cost"],
             "reward": reward(gain, execution["cost"], t["lambda"], t["cost_scale"]), "n_items": len(execution["items"])}
     if "parse_error" in trajectory:
         row["parse_error"] = trajectory["parse_error"]
@@ -82,6 +82,18 @@ def checked_summary(rows: list[dict], seed: int) -> dict | None:
             "gain_ci95": bootstrap_ci([mean(v) for _, v in sorted(by_task.items())], seed),
             "with_data": len(checked), "kept": sum(r["check_kept"] for r in checked),
             "observed_vs_heldout_corr": correlation(pairs)}
+
+
+def single_call_summary(rows: list[dict]) -> dict | None:
+    """The single calls offered beside the optimizer's trajectories (`sample.single_calls`), per
+    API: how many, how many cleared the noise, their mean gain in the reward's lens."""
+    if not rows:
+        return None
+    by_api = collections.defaultdict(list)
+    for r in rows:
+        by_api[r["calls"][0]["api"]].append(r)
+    return {api: {"rows": len(v), "accepted": sum(r["accepted"] for r in v), "mean_gain": round(mean([r["gain"] for r in v]), 6)}
+            for api, v in sorted(by_api.items())}
 
 
 def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
@@ -125,6 +137,8 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     for r in rows:
         by_task[r["task_id"]].append(r)
     exemplars = {e["task_id"]: e for e in load_exemplars(paths, iteration)}
+    # the prompt each task's trajectories were sampled from (the single calls beside them have none)
+    prompts = {tr["task_id"]: tr["prompt"] for tr in trajectories.values() if tr.get("prompt")}
     best_rows, pairs = [], []
     for task_id in sorted(by_task):
         task = tasks[task_id]
@@ -140,7 +154,7 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
                 best = best | {"iteration": iteration}
             best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"],
                               "iteration": best["iteration"]})
-        pair = preference_pairs(by_task[task_id], trajectories.get(by_task[task_id][0]["trajectory_id"], {}).get("prompt", ""))
+        pair = preference_pairs(by_task[task_id], prompts.get(task_id, ""))
         if pair:
             pairs.append(pair)
     write_jsonl(paths.best(iteration), best_rows)
@@ -148,8 +162,6 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     write_jsonl(paths.exemplars(iteration), [exemplars[k] for k in sorted(exemplars)])
     sft_seconds = None
     if t["optimizer_update"] == "sft":
-        # the prompt each task's trajectories were sampled from -> its best calls
-        prompts = {tr["task_id"]: tr.get("prompt", "") for tr in trajectories.values()}
         pairs = [(prompts[b["task_id"]], format_calls(b["calls"]) + "\nend") for b in best_rows if prompts.get(b["task_id"])]
         if pairs:
             optimizer = load_role(params, "optimizer", paths)
@@ -157,24 +169,32 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
     else:  # an adapter an earlier sft run left here is not this run's optimizer
         shutil.rmtree(paths.optimizer_lora(iteration), ignore_errors=True)
 
-    task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(by_task.items())}
-    task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(by_task.items())} if likelihood else None
+    # the optimizer's own figures: the single calls beside its trajectories are summarised apart
+    own = [r for r in rows if r["source"] == "optimizer"]
+    own_by_task = collections.defaultdict(list)
+    for r in own:
+        own_by_task[r["task_id"]].append(r)
+    task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(own_by_task.items())}
+    task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(own_by_task.items())} if likelihood else None
+    sources = {r["trajectory_id"]: r["source"] for r in rows}
     metrics = {
         "iteration": iteration,
         "lens": t["reward"],
-        "mean_reward": round(mean([r["reward"] for r in rows]), 6),
-        "mean_gain": round(mean([r["gain"] for r in rows]), 6),
-        "mean_metric_gain": round(mean([r["metric_gain"] for r in rows]), 6),
-        "mean_likelihood_gain": round(mean([r["likelihood_gain"] for r in rows]), 6) if likelihood else None,
+        "mean_reward": round(mean([r["reward"] for r in own]), 6),
+        "mean_gain": round(mean([r["gain"] for r in own]), 6),
+        "mean_metric_gain": round(mean([r["metric_gain"] for r in own]), 6),
+        "mean_likelihood_gain": round(mean([r["likelihood_gain"] for r in own]), 6) if likelihood else None,
         # over tasks: is the iteration's data helping the policy, beyond the noise of 16 tasks?
         "likelihood_gain_ci95": bootstrap_ci(list(task_likelihood_gains.values()), t["seed"]) if likelihood else None,
-        "accepted": sum(r["accepted"] for r in rows),
-        "mean_cost": round(mean([r["cost"] for r in rows]), 3),
-        "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in rows]), 4),
-        "api_mix": dict(collections.Counter(c["api"] for r in rows for c in r["calls"])),
+        "accepted": sum(r["accepted"] for r in own),
+        "mean_cost": round(mean([r["cost"] for r in own]), 3),
+        "parse_rate": round(mean([0.0 if "parse_error" in r else 1.0 for r in own]), 4),
+        "api_mix": dict(collections.Counter(c["api"] for r in own for c in r["calls"])),
         # what the deployed ADS, with its observed check, would have gained: a measurement, not the reward
-        "checked": checked_summary(rows, t["seed"]),
+        "checked": checked_summary(own, t["seed"]),
         "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
+        "kept_single_calls": sum(sources.get(b["trajectory_id"]) == "single_call" for b in best_rows),
+        "single_calls": single_call_summary([r for r in rows if r["source"] == "single_call"]),
         "task_rewards": task_rewards,
         "task_likelihood_gains": task_likelihood_gains,
     }
@@ -196,7 +216,8 @@ def write_metrics(params: dict, paths: Paths, upto: int) -> dict:
     if per_iter:
         last = per_iter[-1]
         summary |= {k: last.get(k) for k in ("lens", "mean_reward", "mean_gain", "mean_metric_gain", "mean_likelihood_gain",
-                                             "likelihood_gain_ci95", "accepted", "mean_cost", "parse_rate", "checked")}
+                                             "likelihood_gain_ci95", "accepted", "mean_cost", "parse_rate", "checked",
+                                             "kept_single_calls", "single_calls")}
     if len(per_iter) >= 2:
         a, b = per_iter[-1]["task_rewards"], per_iter[-2]["task_rewards"]
         common = sorted(set(a) & set(b))
