@@ -96,7 +96,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "temperature": 0.8,
         "max_new_tokens": 40,
         "constrained": True,
-        "single_calls": ["retrieve", "demonstrate"],
+        "single_calls": [],
         "seed": 0,
     },
     "train": {

@@ -126,12 +126,13 @@ def test_a_task_keeps_earlier_data_end_to_end_and_inspect_shows_it(trained, tmp_
     exemplars = read_jsonl(paths.exemplars(1))
     for e in exemplars:  # as if iteration 1 had kept this trajectory with a reward nothing beats
         if e["task_id"] == task_id:
-            e.update(calls=calls, reward=5.0, iteration=1, trajectory_id=with_items["trajectory_id"])
+            e.update(calls=calls, reward=5.0, iteration=1, trajectory_id=with_items["trajectory_id"], source="optimizer")
     write_jsonl(paths.exemplars(1), exemplars)
     params = load(root / "params.yaml", ["train.min_reward=-1"])
     train.update(params, paths, 2)
     best = next(b for b in read_jsonl(paths.best(2)) if b["task_id"] == task_id)
-    assert best == {"task_id": task_id, "trajectory_id": with_items["trajectory_id"], "calls": calls, "reward": 5.0, "iteration": 1}
+    assert best == {"task_id": task_id, "trajectory_id": with_items["trajectory_id"], "calls": calls, "reward": 5.0, "iteration": 1,
+                    "source": "optimizer"}
     kept = next(e for e in read_jsonl(paths.exemplars(2)) if e["task_id"] == task_id)
     assert kept["reward"] == 5.0 and kept["iteration"] == 1
     result = runner.invoke(app, ["inspect", task_id, "--iter", "2", "--json", "--set", "train.min_reward=-1"])

@@ -80,7 +80,9 @@ def test_two_iterations_write_everything(trained):
                                              "mean_gain": pytest.approx(sum(r["gain"] for r in single if r["calls"][0]["api"] == api) / len(state), abs=1e-6)}
                                        for api in params["sample"]["single_calls"]}
     best = read_jsonl(trained.iteration(2) / "best.jsonl")
-    assert metrics["kept_single_calls"] == sum((b["trajectory_id"] or "").endswith("_only") for b in best)
+    sources = {r["trajectory_id"]: r["source"] for k in (1, 2) for r in read_jsonl(trained.iteration(k) / "rewards.jsonl")}
+    assert all(b["source"] == sources.get(b["trajectory_id"]) for b in best)  # None: the empty trajectory
+    assert metrics["kept_single_calls"] == sum(b["source"] == "single_call" for b in best)
     checked = metrics["checked"]
     assert checked["mean_gain"] == pytest.approx(sum(r.get("checked_gain", 0.0) for r in last) / len(last), abs=1e-6)
     assert checked["with_data"] == sum(bool(r["n_items"]) for r in last) and checked["kept"] <= checked["with_data"]
@@ -192,3 +194,32 @@ def test_an_adapter_left_by_an_earlier_sft_run_is_not_used(trained, tmp_path):
     assert not leftover.exists()
     train.export_optimizer(paths, 1)
     assert not paths.optimizer_adapter.exists()
+
+
+def test_a_kept_single_call_becomes_the_tasks_exemplar(trained, tmp_path, monkeypatch):
+    """Rejection sampling may keep a single call (`sample.single_calls`): it is then the task's
+    exemplar, with its source, and the next iteration's optimizer sees it under the task's block."""
+    from ads_cli.stages import train as train_stage
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained.root, copy)
+    monkeypatch.chdir(copy)
+
+    def single_calls_win(rows, min_reward):  # as if every task's retrieve call had cleared the noise and won
+        return next(r for r in rows if r["source"] == "single_call" and r["calls"][0]["api"] == "retrieve")
+
+    monkeypatch.setattr(train_stage, "select_best", single_calls_win)
+    result = runner.invoke(app, ["train", "--iter", "2", "--set", "sample.single_calls=[retrieve, demonstrate]"])
+    assert result.exit_code == 0, result.output
+    tasks = read_jsonl(copy / "data/prepared/tasks_train.jsonl")
+    for k in (1, 2):
+        best = read_jsonl(copy / f"data/iter_{k}/best.jsonl")
+        assert [b["source"] for b in best] == ["single_call"] * len(tasks)
+        assert read_json(copy / f"data/iter_{k}/train_manifest.json")["metrics"]["kept_single_calls"] == len(tasks)
+    state = {e["task_id"]: e for e in read_jsonl(copy / "data/iter_1/optimizer_state.jsonl")}
+    prompts = {t["task_id"]: t["prompt"] for t in read_jsonl(copy / "data/iter_2/trajectories.jsonl") if t["source"] == "optimizer"}
+    for task in tasks:
+        exemplar = state[task["id"]]
+        assert exemplar["source"] == "single_call" and exemplar["calls"] == [{"api": "retrieve", "arg": task["observed"][0]["input"][:200]}]
+        own_block = prompts[task["id"]].rsplit("Task:", 2)[1]  # the task's own exemplar, last, under its whole block
+        assert f"retrieve: {exemplar['calls'][0]['arg']}\nend" in own_block

@@ -163,15 +163,15 @@ def select_exemplars(category: str, learned: list[dict], n: int, task_id: str | 
 
 
 def exemplar_from(task: dict, observed_answers: list[dict], calls: list[dict], reward: float, iteration: int,
-                  trajectory_id: str | None = None) -> dict:
+                  trajectory_id: str | None = None, source: str | None = None) -> dict:
     """A learned exemplar in the seed exemplars' schema, from a task's best trajectory (None:
-    the empty one)."""
+    the empty one), and where it came from (`source`: optimizer or single_call)."""
     example = task["observed"][0]
     ref = example["reference"]
     return {"seed": False, "task": task["name"], "task_id": task["id"], "category": task["category"],
             "example": last_message(example["input"]), "reference": ref[0] if isinstance(ref, list) else ref,
             "policy_answer": observed_answers[0]["answer"], "score": observed_answers[0]["score"],
-            "calls": calls, "reward": reward, "iteration": iteration, "trajectory_id": trajectory_id}
+            "calls": calls, "reward": reward, "iteration": iteration, "trajectory_id": trajectory_id, "source": source}
 
 
 def load_exemplars(paths: Paths, iteration: int) -> list[dict]:

@@ -147,13 +147,14 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
             earlier = exemplars.get(task_id)
             if keeps_earlier(earlier, best):
                 best = {"trajectory_id": earlier.get("trajectory_id"), "calls": earlier["calls"], "reward": earlier["reward"],
-                        "iteration": earlier["iteration"]}
+                        "iteration": earlier["iteration"], "source": earlier.get("source")}
             else:
                 exemplars[task_id] = exemplar_from(task, observed_answers[task_id], best["calls"], best["reward"], iteration,
-                                                   best["trajectory_id"])
+                                                   best["trajectory_id"], best.get("source"))
                 best = best | {"iteration": iteration}
+            # source: optimizer or single_call; None for the empty trajectory no row wrote
             best_rows.append({"task_id": task_id, "trajectory_id": best["trajectory_id"], "calls": best["calls"], "reward": best["reward"],
-                              "iteration": best["iteration"]})
+                              "iteration": best["iteration"], "source": best.get("source")})
         pair = preference_pairs(by_task[task_id], prompts.get(task_id, ""))
         if pair:
             pairs.append(pair)
@@ -176,7 +177,6 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         own_by_task[r["task_id"]].append(r)
     task_rewards = {k: mean([r["reward"] for r in v]) for k, v in sorted(own_by_task.items())}
     task_likelihood_gains = {k: round(mean([r["likelihood_gain"] for r in v]), 6) for k, v in sorted(own_by_task.items())} if likelihood else None
-    sources = {r["trajectory_id"]: r["source"] for r in rows}
     metrics = {
         "iteration": iteration,
         "lens": t["reward"],
@@ -193,7 +193,7 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         # what the deployed ADS, with its observed check, would have gained: a measurement, not the reward
         "checked": checked_summary(own, t["seed"]),
         "kept": len(best_rows), "kept_empty": sum(not b["calls"] for b in best_rows),
-        "kept_single_calls": sum(sources.get(b["trajectory_id"]) == "single_call" for b in best_rows),
+        "kept_single_calls": sum(b["source"] == "single_call" for b in best_rows),
         "single_calls": single_call_summary([r for r in rows if r["source"] == "single_call"]),
         "task_rewards": task_rewards,
         "task_likelihood_gains": task_likelihood_gains,
