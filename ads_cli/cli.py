@@ -217,7 +217,7 @@ def train(
 def evaluate(
     tasks: Optional[Path] = typer.Option(None, "--tasks", help="Evaluate your own task file (the schema of data/prepared/tasks_test.jsonl) without retraining."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the results into this folder instead of results/ (evaluation.json,"
-                                       " metrics.json, plot_scores.json, report.md, plots/, the call journal), so that"
+                                       " metrics.json, plot_scores.json, report.md, plots/, the call journal, the run log), so that"
                                        " the pipeline's results stay as they are. Default: results/."),
     max_cost: Optional[float] = MaxCostOpt,
     no_cache: bool = NoCacheOpt,

@@ -175,8 +175,9 @@ class Paths:
     def run_log(self, stage: str) -> Path:
         """What the last run of `stage` measured (timings, call-cache hits, resumed calls):
         kept beside the artifacts, never inside them, so that an artifact is a function of its
-        inputs and params alone."""
-        return self.logs / f"{stage}.json"
+        inputs and params alone. With `ads evaluate --out DIR`, in DIR/logs/, so that the
+        pipeline's run log stays as it is."""
+        return (self.results_dir / "logs" if self.results_dir is not None else self.logs) / f"{stage}.json"
 
     def relative(self, path: str | Path) -> str:
         """`path` as the project sees it: relative to the project folder when inside it."""

@@ -116,11 +116,15 @@ def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     mine[0]["id"] = "my-own-task"
     write_jsonl(tmp_path / "mine.jsonl", mine)
     # --out keeps the pipeline's results as they are
+    assert runner.invoke(app, ["evaluate"]).exit_code == 0  # the pipeline's own run, and its run log
     before = {p: p.read_bytes() for p in (trained.root / "results").rglob("*") if p.is_file()}
+    run_log = (trained.root / "logs/evaluate.json").read_bytes()
     result = runner.invoke(app, ["evaluate", "--tasks", str(tmp_path / "mine.jsonl"), "--out", str(tmp_path / "mine_results")])
     assert result.exit_code == 0, result.output
     assert {p: p.read_bytes() for p in (trained.root / "results").rglob("*") if p.is_file()} == before
     out = tmp_path / "mine_results"
+    assert (trained.root / "logs/evaluate.json").read_bytes() == run_log  # the pipeline's run log too
+    assert read_json(out / "logs/evaluate.json")["timings"]["total_s"] >= 0
     assert [t["task"] for t in read_json(out / "evaluation.json")["task_results"]] == ["my-own-task"]
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["by_category.png", "scores.png"]
     assert "## Training" not in (out / "report.md").read_text()  # train's charts are not beside it
