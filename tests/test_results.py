@@ -80,6 +80,7 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     assert [t["trajectory_id"] for t in view["trajectories"]] == [r["trajectory_id"] for r in mine]
     for shown, row in zip(view["trajectories"], mine):
         assert shown["reward"] == row["reward"] and shown["lenses"]["likelihood"]["gain"] == row["likelihood_gain"]
+        assert shown["source"] == row["source"]
         assert [c["arg"] for c in shown["calls"]] == [c["arg"] for c in row["calls"]]
         if row["n_items"]:
             assert shown["observed_check"] == {"gains": row["observed_gains"], "kept": row["check_kept"]}
@@ -91,6 +92,8 @@ def test_inspect_shows_a_task_and_its_json_is_the_same_view(evaluated, monkeypat
     text = runner.invoke(app, ["inspect", task_id, "--iter", "2"])
     assert text.exit_code == 0 and "optimizer prompt" in text.output and mine[0]["trajectory_id"].split("#")[1] in text.output
     assert ("observed check (deployed ADS)" in text.output) == any(r["n_items"] for r in mine)
+    assert "single_call" in {r["source"] for r in mine}  # the tiny params offer single calls
+    assert text.output.count("(single call)") == sum(r["source"] == "single_call" for r in mine)
 
 
 @pytest.mark.parametrize("args, message", [

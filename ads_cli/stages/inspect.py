@@ -63,13 +63,14 @@ def gather(params: dict, paths: Paths, task_id: str, iteration: int | None = Non
                           "items": [clip(item_text(i), ITEM_CHARS) for i in items]})
         lenses = {lens: {"gain": rw[f"{lens}_gain"], "scores": rw[f"{lens}_scores"]} for lens in ("metric", "likelihood")
                   if f"{lens}_gain" in rw}
-        shown.append({"trajectory_id": tr["trajectory_id"], "raw": tr["raw"], "parse_error": tr.get("parse_error"),
+        shown.append({"trajectory_id": tr["trajectory_id"], "source": tr.get("source", "optimizer"), "raw": tr["raw"],
+                      "parse_error": tr.get("parse_error"),
                       "calls": calls, "cost": rw.get("cost", ex.get("cost")), "lenses": lenses, "reward": rw.get("reward"),
                       "cleared_noise": rw.get("accepted"), "kept": tr["trajectory_id"] == kept_id,
                       "errors": ex.get("errors", [])}
                      | ({"observed_check": {"gains": rw["observed_gains"], "kept": rw["check_kept"]}} if "check_kept" in rw else {}))
     view = {"task": {"id": task["id"], "name": task["name"], "category": task["category"], "metric": task["metric"]},
-            "iteration": k, "iterations": done, "prompt": trajectories[0]["prompt"] if trajectories else "",
+            "iteration": k, "iterations": done, "prompt": next((tr["prompt"] for tr in trajectories if "prompt" in tr), ""),
             "trajectories": shown, "kept": best}
     changed = settings_changed(params, paths, k)
     if changed:  # data/iter_K/ is working state: `dvc exp run` or a run with other settings leaves its own there
@@ -156,7 +157,8 @@ def render(view: dict):
             check = tr["observed_check"]
             stats += (f"\n[dim]observed check (deployed ADS): {'keeps' if check['kept'] else 'drops'} the data;"
                       f" gains on the observed examples {', '.join(f'{g:+.3f}' for g in check['gains'])}[/]")
-        parts.append(Panel(stats + "\n" + body, title=f"trajectory {escape(tr['trajectory_id'].rsplit('#', 1)[1])}",
+        source = " (single call)" if tr["source"] == "single_call" else ""
+        parts.append(Panel(stats + "\n" + body, title=f"trajectory {escape(tr['trajectory_id'].rsplit('#', 1)[1])}{source}",
                            title_align="left", border_style="green" if tr["kept"] else "dim"))
     kept = view["kept"]
     parts.append("kept: " + (escape(kept.get("trajectory_id") or "an earlier iteration's data") + f" (reward {kept['reward']:+.3f})"
