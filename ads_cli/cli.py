@@ -144,7 +144,8 @@ def sample(
 
     Reads: data/prepared/tasks_train.jsonl, the models in lm, the optimizer's exemplars (iteration
     1: the seed exemplars shipped with ads). Writes: data/iter_K/trajectories.jsonl and
-    sample_manifest.json (parse rate, API mix, cost).
+    sample_manifest.json (parse rate, API mix, cost). With sample.single_calls, each listed API
+    called once on a task's first observed question is written beside them (source: single_call).
     """
     from .stages import sample as stage_mod
 
@@ -152,7 +153,8 @@ def sample(
         m = stage_mod.run(p, paths, iteration)
         c = m["counts"]
         console.print(
-            f"sample: {c['trajectories']} trajectories for {c['tasks']} tasks, parse rate {c['parse_rate']:.0%},"
+            f"sample: {c['trajectories']} trajectories for {c['tasks']} tasks"
+            + (f" (and {c['single_calls']} single calls)" if c["single_calls"] else "") + f", parse rate {c['parse_rate']:.0%},"
             f" {c['empty_trajectories']} empty, API mix {c['api_mix']}, {m['cost']['optimizer_tokens']} optimizer tokens"
             f" in {m['run']['timings']['total_s']:.0f}s -> {paths.trajectories(iteration)}"
         )

@@ -4,10 +4,11 @@ One iteration K: `ads sample` -> `ads execute` -> update. The update:
 1. the policy answers each task's held-out examples with a trajectory's collected items in its
    prompt (`icl`) or after a LoRA fine-tune on them (`lora`);
 2. reward = score gain over the no-data policy - lambda * cost / cost_scale (method/reward.py);
-3. rejection sampling: per task, the best accepted trajectory (of the optimizer's, and the
-   single calls `ads sample` puts beside them; or "none", whose reward is 0 by definition) is kept if its reward >= min_reward, unless an earlier iteration's kept data
-   did at least as well (`keeps_earlier`: then that stays); it joins the optimizer's exemplars
-   for iteration K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
+3. rejection sampling: per task, the best accepted trajectory (of the optimizer's, and of the
+   single calls `ads sample` puts beside them; or "none", whose reward is 0 by definition) is
+   kept if its reward >= min_reward, unless an earlier iteration's kept data did at least as
+   well (`keeps_earlier`: then that stays); it joins the optimizer's exemplars for iteration
+   K+1 (`exemplars`), or the optimizer is LoRA-tuned on them (`sft`);
 4. best-versus-worst pairs are exported for DPO, and per-iteration metrics are appended.
 
 Everything expensive goes through the call cache and the execute journal, so a partly finished
