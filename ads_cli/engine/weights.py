@@ -8,6 +8,7 @@ source share its weights.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,16 @@ def _torch():
 MMAP_THRESHOLD = 1 << 20
 
 
+@functools.cache
 def release_large_frees() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD (`mallopt(M_MMAP_THRESHOLD)`, which also
-    stops it from growing). Returns whether it was set: False where the C library has no
-    `mallopt` (not glibc), which then keeps its own policy. The numbers computed do not change."""
+    stops it from growing), once per process. Returns whether it was set: False where the C
+    library has no `mallopt` (not glibc), which then keeps its own policy. The numbers computed
+    do not change."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is None or not hasattr(libc, "mallopt"):
+    libc = ctypes.CDLL(None)  # the symbols this process already has, the C library's among them
+    if not hasattr(libc, "mallopt"):
         return False
     m_mmap_threshold = -3  # malloc.h
     return libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1
