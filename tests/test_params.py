@@ -37,6 +37,8 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     ("evaluate.single_calls=[retrieve, search]", "evaluate.single_calls must list distinct APIs among retrieve, demonstrate, answer"),
     ("evaluate.single_calls=[answer, answer]", "got ['answer', 'answer']"),
     ("evaluate.single_calls=true", "evaluate.single_calls must be list"),
+    ("sample.single_calls=[search]", "sample.single_calls must list distinct APIs among retrieve, demonstrate, answer"),
+    ("sample.single_calls=[retrieve, retrieve]", "sample.single_calls must list distinct APIs"),
 ])
 def test_bad_overrides_are_one_line_errors(override, fragment):
     with pytest.raises(AdsError) as e:
