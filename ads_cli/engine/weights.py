@@ -30,9 +30,11 @@ def _torch():
 # glibc's malloc serves an allocation this large or larger with its own mmap, returned to the
 # system when freed. By default the threshold grows, up to 32 MiB, with each such block freed,
 # so the engine's large, short-lived buffers (a batch's repeated prefix KV cache, its logits)
-# end up in the heap, which keeps its peak. Fixed at 1 MiB, the default `ads train --iter 2`
-# peaked at 1.58 GiB instead of 2.00 GiB, with byte-identical outputs (README, Benchmarks).
-MMAP_THRESHOLD = 1 << 20
+# end up in the heap, which keeps its peak. Measured on the default `ads train --iter 2`, cold,
+# byte-identical outputs (benchmarks/bench_train.py, README): glibc's policy peaked at 2.02 GiB;
+# fixed at 1 MiB, 1.57 GiB but 13 % slower (every per-layer activation is a fresh mmap, faulted
+# in page by page); fixed at 8 MiB, 1.75 GiB at glibc's speed.
+MMAP_THRESHOLD = 8 << 20
 
 
 @functools.cache
