@@ -53,10 +53,16 @@ ARTIFACTS = ("data", "results")
 INPUTS = ("data/prepared", "data/index")
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def scratch_project(root: Path, params: Path, into: Path) -> None:
     for rel in INPUTS:
         if not (root / rel).exists():
-            sys.exit(f"error: {root / rel} is missing; run `ads prepare && ads index` first")
+            fail(f"{root / rel} is missing; run `ads prepare && ads index` first")
         shutil.copytree(root / rel, into / rel)
     shutil.copy(params, into / "params.yaml")
     shutil.copy(root / "sources.lock.json", into / "sources.lock.json")
@@ -94,7 +100,7 @@ def describe(side: str) -> str:
     if side.startswith("mmap:") and side[5:].isdigit():
         return f"the engine's defaults, mmap threshold {side[5:]} MiB" if int(side[5:]) else "the engine's defaults, glibc's own mmap threshold"
     if side not in SIDES:
-        sys.exit(f"error: --sides: unknown side {side!r}; use naive, default or mmap:N")
+        fail(f"--sides: unknown side {side!r}; use naive, default or mmap:N")
     return SIDES[side]
 
 
@@ -106,6 +112,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="put the scratch projects here (kept) instead of a temp folder")
     args = ap.parse_args()
+    if not args.params.is_file():
+        fail(f"--params: {args.params} is not a file")
     names = args.sides.split(",")
     what = {side: describe(side) for side in names}
     root = Path.cwd()
@@ -113,6 +121,8 @@ def main() -> None:
     sides = {}
     for side in names:
         project = base / side.replace(":", "_")
+        if project.exists():
+            fail(f"--keep: {project} exists already; name a new folder")
         project.mkdir(parents=True)
         scratch_project(root, args.params, project)
         print(f"{side} ({what[side]}): ads train --iter {args.iterations}, empty call cache ...", flush=True)
