@@ -77,10 +77,10 @@ def run_side(side: str, project: Path, iterations: int) -> dict:
         child = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.monotonic() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
         last = (project / "stderr.txt").read_text().strip().splitlines()[-1:]
-        sys.exit(f"error: the {side} side failed (exit {child.returncode}): {' '.join(last)}")
+        sys.exit(f"error: the {side} side failed (exit {code}): {' '.join(last)}")
     phases = json.loads((project / "logs" / "train.json").read_text()).get("phases", {})
     return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 3), "phases": phases}
 
@@ -94,6 +94,10 @@ def compare(a: Path, b: Path) -> tuple[int, list[str]]:
     differ = sorted(str(p) for p in left ^ right)
     differ += sorted(str(p) for p in left & right if not filecmp.cmp(a / p, b / p, shallow=False))
     return len(left), differ
+
+
+def side_folder(base: Path, side: str) -> Path:
+    return base / side.replace(":", "_")
 
 
 def describe(side: str) -> str:
@@ -120,7 +124,7 @@ def main() -> None:
     base = args.keep or Path(tempfile.mkdtemp(prefix="bench_train_"))
     sides = {}
     for side in names:
-        project = base / side.replace(":", "_")
+        project = side_folder(base, side)
         if project.exists():
             fail(f"--keep: {project} exists already; name a new folder")
         project.mkdir(parents=True)
@@ -130,7 +134,7 @@ def main() -> None:
         print(f"  {sides[side]['seconds']:.0f} s, peak RSS {sides[side]['peak_rss_gib']:.2f} GiB", flush=True)
     first = names[0]
     for side in names[1:]:
-        n_files, sides[side]["differing_files"] = compare(base / side.replace(":", "_"), base / first.replace(":", "_"))
+        n_files, sides[side]["differing_files"] = compare(side_folder(base, side), side_folder(base, first))
         sides[side][f"{first}_vs_this"] = round(sides[first]["seconds"] / sides[side]["seconds"], 3)
         print(f"\nartifacts of {side} against {first}: {n_files - len(sides[side]['differing_files'])} of {n_files} files"
               f" byte-identical" + (f"; differ: {sides[side]['differing_files']}" if sides[side]["differing_files"] else ""))
