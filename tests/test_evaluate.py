@@ -110,6 +110,18 @@ def test_without_the_observed_check_ads_keeps_whatever_it_collected(trained, mon
     runner.invoke(app, ["evaluate"])  # the session's project back to the default settings
 
 
+def test_the_reference_point_is_scored_only_when_asked(trained, monkeypatch):
+    monkeypatch.chdir(trained.root)
+    result = runner.invoke(app, ["evaluate", "--set", "evaluate.reference=false"])
+    assert result.exit_code == 0, result.output
+    ev = read_json(trained.root / "results/evaluation.json")
+    assert all(evaluation.REFERENCE not in t["methods"] for t in ev["task_results"])
+    assert all(evaluation.REFERENCE not in s["methods"] and evaluation.REFERENCE not in s["vs"] for s in ev["lenses"].values())
+    assert evaluation.REFERENCE not in (trained.root / "results/report.md").read_text()
+    runner.invoke(app, ["evaluate"])  # tiny params score it: the session's project back to them
+    assert evaluation.REFERENCE in read_json(trained.root / "results/evaluation.json")["lenses"]["likelihood"]["methods"]
+
+
 def test_evaluate_user_task_file(trained, monkeypatch, tmp_path):
     monkeypatch.chdir(trained.root)
     mine = read_jsonl(trained.tasks_test)[:1]

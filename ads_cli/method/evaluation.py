@@ -26,7 +26,8 @@ UNITS = {"metric": "the task's metric, 0 to 1", "likelihood": "log2 p(reference)
 def summarize(task_results: list[dict], lens: str, epsilon: float, seed: int) -> dict:
     """The per-method means and ADS's paired comparisons with every other method, in one lens."""
     field = LENS_FIELD[lens]
-    methods = METHODS + [REFERENCE]
+    # the reference point is there when `evaluate.reference` scored it
+    methods = METHODS + ([REFERENCE] if task_results and REFERENCE in task_results[0]["methods"] else [])
     per_method = {m: {"score": round(mean([t["methods"][m][field] for t in task_results]), 6),
                       "ci95": list(bootstrap_ci([t["methods"][m][field] for t in task_results], seed)),
                       "cost": round(mean([t["methods"][m]["cost"] for t in task_results]), 3)} for m in methods}
