@@ -81,7 +81,8 @@ def report(evaluation: dict, charts: list[str] = ()) -> str:
     for lens, summary in lenses.items():
         lines += [f"## {lens.capitalize()} lens ({UNITS[lens]})", ""] + _method_table(summary, 3) + [""]
         h = summary["hindsight_best_vs_no_data"]
-        lines += [f"Headroom: each task's best method above (zero_shot and the reference aside), picked with hindsight on these held-out scores,"
+        aside = "zero_shot and the reference point aside" if REFERENCE in summary["methods"] else "zero_shot aside"
+        lines += [f"Headroom: each task's best method above ({aside}), picked with hindsight on these held-out scores,"
                   f" is {h['mean_diff']:+.3f} [{h['ci95'][0]:+.3f}, {h['ci95'][1]:+.3f}] above no_data (better on"
                   f" {h['win_rate']:.0%} of tasks): the most that choosing among these methods per task could give,"
                   f" an upper bound, not a method.", ""]
