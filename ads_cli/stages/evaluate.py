@@ -17,8 +17,8 @@ per byte), with the policy's prompt laid out as in training (`train.fewshot`):
   under the same token budget: the control for "any context at all");
   `retrieve_only`, `demonstrate_only`, `answer_only` (that API alone, the task's first observed
   question as the argument); `iter0` (the seed-exemplar optimizer, before any training);
-- a reference point, labelled as such and never a baseline to beat: `reference_retrieval`,
-  retrieval with each held-out question itself.
+- with `evaluate.reference`, a reference point, labelled as such and never a baseline to beat:
+  `reference_retrieval`, retrieval with each held-out question itself.
 Statistics are paired by task (method/evaluation.py).
 """
 
@@ -227,8 +227,9 @@ def chosen_on_observed(policy, task: dict, candidates: list[dict], no_data: dict
 def reference_retrieval(task: dict, retrieve, budget: int, count_tokens, scored) -> dict:
     """The reference point (`evaluate.reference`): each held-out question answered with the
     passages retrieved for it. It reads held-out inputs, so it is never a baseline to beat, and
-    each question has a context of its own: no shared prefix, about 3 times the time of a method
-    with one context (measured: 14 to 28 s a task against 2 to 7 s for `no_data`)."""
+    each question has a context of its own: no shared prefix, so it takes several times as long
+    as a method with one context (measured on 3 tasks: 14 to 28 s a task against 2 to 7 s for
+    `no_data`)."""
     results = [retrieve(last_message(x["input"])[:300]) for x in task["heldout"]]
     contexts = [build_context(dict(task, observed=[x]), r.items, budget, count_tokens) for x, r in zip(task["heldout"], results)]
     return scored(contexts, "reference") | {"cost": mean([r.cost for r in results]), "calls": [], "reference": True}
