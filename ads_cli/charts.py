@@ -65,6 +65,7 @@ def _drawing(draw):
 
 
 LENS_ORDER = ("metric", "likelihood")
+# the reference point's method name (scored with held-out inputs: reported, never a baseline)
 REFERENCE = "reference_retrieval"
 
 
@@ -130,19 +131,28 @@ def _by_category(lenses: dict):
 # ------------------------------------------------------------------ training
 
 
+TRAIN_CHARTS = ["train_progress.png", "api_mix.png", "gain_cost.png"]
+
+
+def optimizer_rows(rows: list[dict]) -> list[dict]:
+    """The optimizer's own reward rows: the single calls offered beside its trajectories
+    (`source: single_call`) left out of its figures."""
+    return [r for r in rows if r.get("source", "optimizer") == "optimizer"]
+
+
 def train_charts(iterations: list[dict], rewards: dict[int, list[dict]], kept: dict[int, set], out: Path) -> list[str]:
     """train_progress.png, api_mix.png and gain_cost.png from each iteration's metrics (train
     manifests), reward rows and kept trajectory ids; returns the files written. The charts are
     the optimizer's: the single calls offered beside its trajectories (`source`) are left out."""
     if not iterations:
         return []
-    rewards = {k: [r for r in rows if r.get("source", "optimizer") == "optimizer"] for k, rows in rewards.items()}
+    rewards = {k: optimizer_rows(rows) for k, rows in rewards.items()}
 
     def draw():
         _save(_progress(iterations), out / "train_progress.png")
         _save(_api_mix(rewards), out / "api_mix.png")
         _save(_gain_cost(rewards, kept, iterations[-1]["lens"]), out / "gain_cost.png")
-        return ["train_progress.png", "api_mix.png", "gain_cost.png"]
+        return list(TRAIN_CHARTS)
 
     return _drawing(draw)
 

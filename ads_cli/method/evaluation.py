@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 
-from ..charts import markdown
+from ..charts import REFERENCE, TRAIN_CHARTS, markdown
 from .stats import bootstrap_ci, mean, paired_summary
 
 # what each lens reads from a method's per-task record
@@ -19,7 +19,6 @@ LENS_FIELD = {"metric": "score", "likelihood": "likelihood"}
 # reported but is not a baseline to beat
 METHODS = ["ads", "ads_unchecked", "no_data", "zero_shot", "fewshot", "random", "random_docs", "retrieve_only", "demonstrate_only",
            "answer_only", "iter0"]
-REFERENCE = "reference_retrieval"
 UNITS = {"metric": "the task's metric, 0 to 1", "likelihood": "log2 p(reference) per UTF-8 byte, higher is better"}
 
 
@@ -63,9 +62,6 @@ def _method_table(summary: dict, digits: int) -> list[str]:
         lines.append(f"| {label} | {v['score']:.{digits}f} | {v['cost']:.0f} | {c['win_rate']:.0%} / {c['tie_rate']:.0%} / {c['loss_rate']:.0%}"
                      f" | {c['mean_diff']:+.{digits}f} [{c['ci95'][0]:+.{digits}f}, {c['ci95'][1]:+.{digits}f}] |")
     return lines
-
-
-TRAIN_CHARTS = ["train_progress.png", "api_mix.png", "gain_cost.png"]
 
 
 def report(evaluation: dict, charts: list[str] = ()) -> str:

@@ -21,7 +21,7 @@ import collections
 import shutil
 import time
 
-from ..charts import train_charts
+from ..charts import optimizer_rows, train_charts
 from ..engine.lora import train_optimizer_sft
 from ..engine.roles import load_role
 from ..errors import AdsError
@@ -172,7 +172,7 @@ def update(params: dict, paths: Paths, iteration: int) -> tuple[dict, dict]:
         shutil.rmtree(paths.optimizer_lora(iteration), ignore_errors=True)
 
     # the optimizer's own figures: the single calls beside its trajectories are summarised apart
-    own = [r for r in rows if r["source"] == "optimizer"]
+    own = optimizer_rows(rows)
     own_by_task = collections.defaultdict(list)
     for r in own:
         own_by_task[r["task_id"]].append(r)
