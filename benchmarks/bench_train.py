@@ -13,6 +13,9 @@ empty call cache, in a child process, so that its time and peak RSS are its own.
 artifact each side wrote is compared byte for byte with the first side's. About 15 minutes per
 side on the defaults here. A side `mmap:N` is the default engine with glibc's mmap threshold
 fixed at N MiB instead (`mmap:0` leaves glibc's own policy): the trade between speed and peak RSS.
+Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
+trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
+heap's free pages handed back (`malloc_trim`) when the RSS is above N MiB.
 """
 
 from __future__ import annotations
@@ -41,6 +44,27 @@ elif side.startswith("mmap:"):
     weights.MMAP_THRESHOLD = int(side[5:]) << 20
     if weights.MMAP_THRESHOLD == 0:
         weights.release_large_frees = lambda: False
+elif side.startswith("mmapt:"):  # the default mmap threshold, and glibc's trim threshold fixed at N MiB
+    import ctypes
+    _release = weights.release_large_frees
+    def _both(n=int(side[6:])):
+        ok = _release()
+        ctypes.CDLL(None).mallopt(-1, n << 20)  # M_TRIM_THRESHOLD
+        return ok
+    weights.release_large_frees = _both
+elif side.startswith("trim:"):  # glibc's own mmap threshold; after a batch, malloc_trim(0) when RSS > N MiB
+    import ctypes, os
+    weights.release_large_frees = lambda: False
+    _libc = ctypes.CDLL(None); _limit = int(side[5:]) << 20; _page = os.sysconf("SC_PAGE_SIZE")
+    _batches = local.LocalModel._needed_batches
+    def _trimming(self, order, needed, progress):
+        for b in _batches(self, order, needed, progress):
+            yield b
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * _page
+            if rss > _limit:
+                _libc.malloc_trim(0)
+    local.LocalModel._needed_batches = _trimming
 from ads_cli.cli import app
 sys.argv[0] = "ads"
 app()
@@ -103,8 +127,12 @@ def side_folder(base: Path, side: str) -> Path:
 def describe(side: str) -> str:
     if side.startswith("mmap:") and side[5:].isdigit():
         return f"the engine's defaults, mmap threshold {side[5:]} MiB" if int(side[5:]) else "the engine's defaults, glibc's own mmap threshold"
+    if side.startswith("mmapt:") and side[6:].isdigit():
+        return f"the engine's defaults, trim threshold {side[6:]} MiB"
+    if side.startswith("trim:") and side[5:].isdigit():
+        return f"the engine's defaults under glibc's own mmap threshold, malloc_trim after a batch above {side[5:]} MiB RSS"
     if side not in SIDES:
-        fail(f"--sides: unknown side {side!r}; use naive, default or mmap:N")
+        fail(f"--sides: unknown side {side!r}; use naive, default, mmap:N, mmapt:N or trim:N")
     return SIDES[side]
 
 
@@ -112,7 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--iter", type=int, default=2, dest="iterations")
-    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, mmap:N")
+    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, mmap:N, mmapt:N, trim:N")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="put the scratch projects here (kept) instead of a temp folder")
     args = ap.parse_args()

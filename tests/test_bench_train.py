@@ -10,6 +10,7 @@ from conftest import REPO
 
 @pytest.mark.parametrize("args, fragment", [
     (["--sides", "naive,fast"], "--sides: unknown side 'fast'"),
+    (["--sides", "naive,trim:lots"], "--sides: unknown side 'trim:lots'"),
     (["--params", "no-such.yaml"], "--params: no-such.yaml is not a file"),
     (["--keep", "{keep}"], "exists already"),
 ])
