@@ -4,15 +4,17 @@
     ads prepare && ads index && python benchmarks/bench_train.py [--params params.yaml] [--iter 2] [--sides naive,default]
         [--json PATH] [--keep DIR]
 
-The naive side is the same code with the three engine settings that change how a run computes,
+The naive side is the same code with the four engine settings that change how a run computes,
 not what it computes, set back: no prefix KV caches kept between calls (KEPT_PREFIXES = 0), the
 KV cache concatenated at every decoding step instead of written into one buffer
-(GROW_IN_PLACE = False), and glibc's mmap threshold left to float (no `mallopt`). Each side runs
+(GROW_IN_PLACE = False), glibc's mmap threshold left to float (no `mallopt`), and torch's
+buffers on ordinary pages (HUGE_PAGES = False). Each side runs
 `ads train --iter N` in a scratch copy of the project (params, prepared data, index) with its own
 empty call cache, in a child process, so that its time and peak RSS are its own. Then every
 artifact each side wrote is compared byte for byte with the first side's. About 15 minutes per
 side on the defaults here. A side `mmap:N` is the default engine with glibc's mmap threshold
 fixed at N MiB instead (`mmap:0` leaves glibc's own policy): the trade between speed and peak RSS.
+A side `nothp` is the default engine without transparent huge pages (the default until they came).
 Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
 trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
 heap's free pages handed back (`malloc_trim`) when the RSS is above N MiB.
@@ -35,7 +37,11 @@ from pathlib import Path
 CHILD = """
 import sys
 from ads_cli.engine import local, weights
+import os
 side = sys.argv.pop(1)
+if side in ("naive", "nothp"):
+    weights.HUGE_PAGES = False
+    os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
 if side == "naive":
     local.KEPT_PREFIXES = 0
     local.GROW_IN_PLACE = False
@@ -70,8 +76,9 @@ sys.argv[0] = "ads"
 app()
 """
 
-SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold",
-         "default": "the engine's defaults"}
+SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold, no huge pages",
+         "default": "the engine's defaults",
+         "nothp": "the engine's defaults without transparent huge pages"}
 # what `ads train` writes (logs/ hold the run's timings, which differ by nature)
 ARTIFACTS = ("data", "results")
 INPUTS = ("data/prepared", "data/index")
@@ -132,7 +139,7 @@ def describe(side: str) -> str:
     if side.startswith("trim:") and side[5:].isdigit():
         return f"the engine's defaults under glibc's own mmap threshold, malloc_trim after a batch above {side[5:]} MiB RSS"
     if side not in SIDES:
-        fail(f"--sides: unknown side {side!r}; use naive, default, mmap:N, mmapt:N or trim:N")
+        fail(f"--sides: unknown side {side!r}; use naive, default, nothp, mmap:N, mmapt:N or trim:N")
     return SIDES[side]
 
 
@@ -140,7 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--iter", type=int, default=2, dest="iterations")
-    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, mmap:N, mmapt:N, trim:N")
+    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, nothp, mmap:N, mmapt:N, trim:N")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="put the scratch projects here (kept) instead of a temp folder")
     args = ap.parse_args()

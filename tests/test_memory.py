@@ -1,8 +1,11 @@
-"""The engine's memory policy: large freed buffers go back to the system (engine/weights.py)."""
+"""The engine's memory policy (engine/weights.py): large freed buffers go back to the system, and
+torch's large buffers sit on transparent huge pages."""
 
+import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +44,36 @@ def test_large_freed_buffers_go_back_to_the_system():
     assert freed("default")[0] == 0  # the control: without the setting, the heap keeps the block
     freed_mib, size_mib = freed("set")
     assert freed_mib >= size_mib - 1
+
+
+# a 32 MiB torch buffer, with or without the engine's huge-page setting: its kB on huge pages
+THP_PROBE = """
+import sys
+from ads_cli.engine import weights
+weights.HUGE_PAGES = sys.argv[1] == "on"
+torch = weights._torch()
+buffer = torch.ones(8 << 20)
+print(next(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")))
+"""
+
+
+def thp_mode() -> str | None:
+    """The kernel's transparent huge page mode (always, madvise or never), None if it has none."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1: text.index("]")]
+
+
+@pytest.mark.skipif(thp_mode() not in ("always", "madvise"), reason="the kernel offers no transparent huge pages")
+def test_torch_buffers_go_on_huge_pages():
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def huge_kb(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", THP_PROBE, mode], cwd=REPO, env=env, check=True, capture_output=True, text=True)
+        return int(out.stdout)
+
+    assert huge_kb("on") >= 16 << 10  # most of the 32 MiB buffer
+    if thp_mode() == "madvise":  # the control: without the setting, only memory that asks gets huge pages
+        assert huge_kb("off") == 0
