@@ -35,9 +35,8 @@ from pathlib import Path
 
 # the child: set the engine back (or not), then run the CLI as `ads` would
 CHILD = """
-import sys
+import ctypes, os, sys
 from ads_cli.engine import local, weights
-import os
 side = sys.argv.pop(1)
 if side in ("naive", "nothp"):
     weights.HUGE_PAGES = False
@@ -51,7 +50,6 @@ elif side.startswith("mmap:"):
     if weights.MMAP_THRESHOLD == 0:
         weights.release_large_frees = lambda: False
 elif side.startswith("mmapt:"):  # the default mmap threshold, and glibc's trim threshold fixed at N MiB
-    import ctypes
     _release = weights.release_large_frees
     def _both(n=int(side[6:])):
         ok = _release()
@@ -59,7 +57,6 @@ elif side.startswith("mmapt:"):  # the default mmap threshold, and glibc's trim 
         return ok
     weights.release_large_frees = _both
 elif side.startswith("trim:"):  # glibc's own mmap threshold; after a batch, malloc_trim(0) when RSS > N MiB
-    import ctypes, os
     weights.release_large_frees = lambda: False
     _libc = ctypes.CDLL(None); _limit = int(side[5:]) << 20; _page = os.sysconf("SC_PAGE_SIZE")
     _batches = local.LocalModel._needed_batches

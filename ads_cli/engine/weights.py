@@ -25,8 +25,8 @@ from ..sources import HfSource, LocalSource, Lock, extract_file, parse, require_
 # torch's CPU allocator backs each buffer of 2 MiB or more with transparent huge pages
 # (2 MiB-aligned, `madvise(MADV_HUGEPAGE)`) when THP_MEM_ALLOC_ENABLE is set; it reads the
 # variable once, at its first allocation, so it is set before torch is imported. With the fixed
-# mmap threshold below, every large activation is a fresh mapping: huge pages fault it in 512
-# times fewer faults. Linux only, where the kernel's THP mode is `madvise` or `always`; the
+# mmap threshold below, every large activation is a fresh mapping: on huge pages it is faulted
+# in with 512 times fewer faults. Linux only, where the kernel's THP mode is `madvise` or `always`; the
 # numbers computed do not change. A user's own setting of the variable wins.
 HUGE_PAGES = True
 
