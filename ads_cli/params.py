@@ -65,6 +65,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "optimizer": SMOLLM2,
         "threads": 0,
         "dtype": "fp32",
+        "gemm": "onednn",
         "batch_size": 16,
         "max_new_tokens": 32,
         "temperature": 0.0,
@@ -212,6 +213,12 @@ def validate(params: dict) -> dict:
 
 
 DTYPES = ("fp32", "int8")  # lm.dtype: how the local engine holds the weights
+GEMMS = ("onednn", "blas")  # lm.gemm: what multiplies by the fp32 weights of the linear layers
+
+
+def uses_lora(params: dict) -> bool:
+    """Whether training fine-tunes weights with LoRA (the policy's `lora` update, the optimizer's `sft`)."""
+    return params["train"]["update"] == "lora" or params["train"]["optimizer_update"] == "sft"
 
 
 def tie_epsilon(section: dict, lens: str) -> float:
@@ -253,7 +260,9 @@ def _validate_backends(params: dict) -> None:
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
     if params["lm"]["dtype"] not in DTYPES:
         raise AdsError(f"params: lm.dtype must be {' or '.join(DTYPES)}, got {params['lm']['dtype']!r}")
-    if params["lm"]["dtype"] == "int8" and (params["train"]["update"] == "lora" or params["train"]["optimizer_update"] == "sft"):
+    if params["lm"]["gemm"] not in GEMMS:
+        raise AdsError(f"params: lm.gemm must be {' or '.join(GEMMS)}, got {params['lm']['gemm']!r}")
+    if params["lm"]["dtype"] == "int8" and uses_lora(params):
         raise AdsError("params: lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights:"
                        " set lm.dtype=fp32 with train.update=lora or train.optimizer_update=sft")
     if params["lm"]["policy_backend"] != "local" and params["train"]["update"] == "lora":

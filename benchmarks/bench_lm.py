@@ -11,7 +11,8 @@
    optimizer's constrained decoding against unconstrained, on its own prompts; a
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
    calls against computed in each.
-5. With --int8: lm.dtype=int8 against fp32 on the same pairs and prompts.
+5. The engine's oneDNN linear layers (lm.gemm=onednn, the default) against torch's BLAS
+   (lm.gemm=blas) on the same pairs and prompts; with --int8, lm.dtype=int8 against fp32.
 6. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
    all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
 """
@@ -172,6 +173,34 @@ def bits_per_byte(values: list[float], pairs: list[tuple[str, str]]) -> list[flo
     return [v / math.log(2) / len(r.encode("utf-8")) for v, (_, r) in zip(values, pairs)]
 
 
+def gemm_comparison(params_path: str, pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
+    """lm.gemm=blas (torch's BLAS, the engine before oneDNN) against the default oneDNN layers on
+    the same pairs and prompts: speed, the largest likelihood difference, identical answers."""
+    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", "lm.gemm=blas"])
+    blas = load_role(params, "policy")
+    blas.cache = CallCache(None)
+    values, t_score = timed(lambda: blas.loglikelihood(pairs))
+    gens, t_gen = timed(lambda: blas.generate(prompts, max_new_tokens=new_tokens))
+    bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
+    same = sum(a.text == b.text for a, b in zip(gens, ours_batched["gens"]))
+    print(f"
+linear layers through oneDNN (lm.gemm=onednn) vs torch's BLAS (blas), same pairs and {len(prompts)} prompts:")
+    print(f"  scoring blas {t_score:.2f}s, onednn {ours_scoring['shared_s']:.2f}s: {t_score / ours_scoring['shared_s']:.2f}x;"
+          f" batched generation blas {t_gen:.2f}s, onednn {ours_batched['seconds']:.2f}s: {t_gen / ours_batched['seconds']:.2f}x")
+    print(f"  largest likelihood difference {bpb_diff:.2e} bits per byte; identical answers {same}/{len(prompts)}")
+    return {"onednn_vs_blas_scoring": t_score / ours_scoring["shared_s"], "onednn_vs_blas_generation": t_gen / ours_batched["seconds"],
+            "onednn_max_abs_bpb_diff": bpb_diff, "onednn_identical_answers": f"{same}/{len(prompts)}"}
+
+
+def weight_bytes(model: LocalModel) -> int:
+    """The bytes of the model's weights: its parameters and the oneDNN layers' packed weights
+    (kept outside the parameters)."""
+    from ads_cli.engine.weights import _packed_linear_class
+
+    packed = sum(m.in_features * m.out_features * 4 for m in model.model.modules() if isinstance(m, _packed_linear_class()))
+    return packed + sum(p.numel() * p.element_size() for p in model.model.parameters())
+
+
 def int8_comparison(params_path: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
     """lm.dtype=int8 against fp32 on the same pairs and prompts: scoring and batched generation
     speed, the largest likelihood difference in bits per byte, and identical answers."""
@@ -255,14 +284,16 @@ def main() -> None:
     figures |= kept_prefix(model, pairs, 32)
     figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the fp32 engine alone
 
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    n_bytes = weight_bytes(model)
     bw = bandwidth_gb_s()
     print(f"\npeak RSS of the fp32 engine {figures['peak_rss_gib'] * 1024:.0f} MiB (before the bandwidth probe's 1 GiB of buffers)")
-    print(f"weights {weight_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
-          f" batch-1 decode bound {bw * 1e9 / weight_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
+    print(f"weights {n_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
+          f" batch-1 decode bound {bw * 1e9 / n_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
+    fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
+    if params["lm"]["gemm"] == "onednn":
+        figures |= gemm_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
     if args.int8:
-        figures |= int8_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring,
-                                   {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]})
+        figures |= int8_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
     write_figures(args.json, figures)
 
 

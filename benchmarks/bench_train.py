@@ -4,17 +4,19 @@
     ads prepare && ads index && python benchmarks/bench_train.py [--params params.yaml] [--iter 2] [--sides naive,default]
         [--json PATH] [--keep DIR]
 
-The naive side is the same code with the four engine settings that change how a run computes,
-not what it computes, set back: no prefix KV caches kept between calls (KEPT_PREFIXES = 0), the
-KV cache concatenated at every decoding step instead of written into one buffer
-(GROW_IN_PLACE = False), glibc's mmap threshold left to float (no `mallopt`), and torch's
-buffers on ordinary pages (HUGE_PAGES = False). Each side runs
+The naive side is the same code with the engine settings that change how a run computes set
+back: no prefix KV caches kept between calls (KEPT_PREFIXES = 0), the KV cache concatenated at
+every decoding step instead of written into one buffer (GROW_IN_PLACE = False), glibc's mmap
+threshold left to float (no `mallopt`), torch's buffers on ordinary pages (HUGE_PAGES = False),
+and the linear layers through torch's BLAS (`lm.gemm=blas`). All but the last leave the numbers
+as they are; oneDNN sums in another order, so its artifacts may differ in the last digits. Each side runs
 `ads train --iter N` in a scratch copy of the project (params, prepared data, index) with its own
 empty call cache, in a child process, so that its time and peak RSS are its own. Then every
 artifact each side wrote is compared byte for byte with the first side's. About 15 minutes per
 side on the defaults here. A side `mmap:N` is the default engine with glibc's mmap threshold
 fixed at N MiB instead (`mmap:0` leaves glibc's own policy): the trade between speed and peak RSS.
-A side `nothp` is the default engine without transparent huge pages (the default until they came).
+A side `nothp` is the default engine without transparent huge pages (the default until they came);
+a side `blas` is the default engine with torch's BLAS (the default until oneDNN came).
 Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
 trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
 heap's free pages handed back (`malloc_trim`) when the RSS is above N MiB.
@@ -75,7 +77,9 @@ app()
 
 SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold, no huge pages",
          "default": "the engine's defaults",
-         "nothp": "the engine's defaults without transparent huge pages"}
+         "nothp": "the engine's defaults without transparent huge pages",
+         "blas": "the engine's defaults with torch's BLAS for the linear layers (lm.gemm=blas)"}
+BLAS_SIDES = ("naive", "blas")  # sides whose params say lm.gemm=blas
 # what `ads train` writes (logs/ hold the run's timings, which differ by nature)
 ARTIFACTS = ("data", "results")
 INPUTS = ("data/prepared", "data/index")
@@ -99,7 +103,7 @@ def scratch_project(root: Path, params: Path, into: Path) -> None:
 def run_side(side: str, project: Path, iterations: int) -> dict:
     """`ads train --iter N` in `project`, cold; its wall time, peak RSS (its own, from wait4) and phases."""
     cmd = [sys.executable, "-c", CHILD, side, "train", "--iter", str(iterations),
-           "--set", f"lm.call_cache={project / 'calls.sqlite'}"]
+           "--set", f"lm.call_cache={project / 'calls.sqlite'}"] + (["--set", "lm.gemm=blas"] if side in BLAS_SIDES else [])
     with open(project / "stderr.txt", "w") as err:
         started = time.monotonic()
         child = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=err)
@@ -136,7 +140,7 @@ def describe(side: str) -> str:
     if side.startswith("trim:") and side[5:].isdigit():
         return f"the engine's defaults under glibc's own mmap threshold, malloc_trim after a batch above {side[5:]} MiB RSS"
     if side not in SIDES:
-        fail(f"--sides: unknown side {side!r}; use naive, default, nothp, mmap:N, mmapt:N or trim:N")
+        fail(f"--sides: unknown side {side!r}; use naive, default, nothp, blas, mmap:N, mmapt:N or trim:N")
     return SIDES[side]
 
 
@@ -144,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--iter", type=int, default=2, dest="iterations")
-    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, nothp, mmap:N, mmapt:N, trim:N")
+    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, nothp, blas, mmap:N, mmapt:N, trim:N")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="put the scratch projects here (kept) instead of a temp folder")
     args = ap.parse_args()

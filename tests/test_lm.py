@@ -196,8 +196,11 @@ def test_cli_generate(project, smol):
 
 def test_a_local_hugging_face_folder_is_a_model_source(smol, tmp_path):
     folder = tmp_path / "my-model"
-    smol.model.save_pretrained(folder)
-    smol.tok.save_pretrained(folder)
+    with pytest.raises(RuntimeError, match="cannot be saved: load it with lm.gemm=blas"):
+        smol.model.save_pretrained(folder)  # the default's packed layers: refused, not saved as noise
+    blas, tokenizer, _ = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), gemm="blas")
+    blas.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     mine = load_local(str(folder))
     assert mine.model is not smol.model and mine.model_id != smol.model_id
     assert "Paris" in mine.generate(["What is the capital of France?"], max_new_tokens=16)[0].text
@@ -253,7 +256,7 @@ def test_int8_has_its_own_cache_identity_and_still_ranks_answers(smol, tmp_path)
     the benchmark's to measure (README: up to 0.83 bits per byte, which is why it is opt-in)."""
     model, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), dtype="int8")
     int8 = LocalModel(model, tokenizer, digest, SMOLLM2, cache=CallCache(tmp_path / "int8.sqlite"))
-    assert int8.model_id == smol.model_id + ":int8" and int8.model is not smol.model
+    assert int8.model_id == smol.model_id.removesuffix(":onednn") + ":int8" and int8.model is not smol.model
     prompt = int8.render("What is the capital of France?")
     paris, london = int8.loglikelihood([(prompt, "Paris"), (prompt, "London")])
     assert paris > london
@@ -268,6 +271,48 @@ def test_an_sft_adapter_on_int8_weights_is_one_line(smol, tmp_path):
     int8 = LocalModel(smol.model, smol.tok, smol.model_id + ":int8", SMOLLM2)
     with pytest.raises(AdsError, match=r"optimizer_lora: a LoRA adapter \(optimizer_update=sft\) applies to fp32 weights") as e:
         with_adapter(int8, adapter)
+    assert "\n" not in str(e.value)
+
+
+def test_onednn_layers_answer_as_blas_does_under_their_own_cache_identity(smol, tmp_path):
+    """lm.gemm=onednn (the default) against torch's BLAS on the same weights: every decoder
+    linear layer is replaced, the greedy answers are the same, the likelihoods agree to the
+    last bits of fp32 (the sums run in another order), and the two never share cached answers."""
+    from ads_cli.engine.weights import _packed_linear_class
+
+    model, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), gemm="blas")
+    blas = LocalModel(model, tokenizer, digest, SMOLLM2, cache=CallCache(tmp_path / "blas.sqlite"))
+    assert smol.model_id == blas.model_id + ":onednn" and smol.model is not blas.model
+    packed = [m for m in smol.model.modules() if isinstance(m, _packed_linear_class())]
+    assert len(packed) == 7 * smol.model.config.num_hidden_layers
+    assert not any(isinstance(m, _packed_linear_class()) for m in blas.model.modules())
+    smol.cache = CallCache(tmp_path / "onednn.sqlite")
+    assert [g.text for g in smol.generate(QUESTIONS, max_new_tokens=12)] == [g.text for g in blas.generate(QUESTIONS, max_new_tokens=12)]
+    pairs = [(smol.render(q), ref) for q in QUESTIONS for ref in ("Paris", "William Shakespeare")]
+    ours, theirs = smol.loglikelihood(pairs), blas.loglikelihood(pairs)
+    assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-3
+
+
+def test_lora_settings_load_the_weights_for_blas(tmp_path):
+    """LoRA trains through the linear layers, which the packed ones do not allow: with a LoRA
+    update in the params both roles load the weights for torch's BLAS."""
+    from ads_cli import params as params_mod
+    from ads_cli.engine.roles import load_role
+
+    for setting in ("train.update=lora", "train.optimizer_update=sft"):
+        params = params_mod.load(REPO / "params.yaml", [setting, "lm.cache=false"])
+        assert not load_role(params, "policy").model_id.endswith(":onednn")
+    assert load_role(params_mod.load(REPO / "params.yaml", ["lm.cache=false"]), "policy").model_id.endswith(":onednn")
+
+
+def test_an_sft_adapter_on_packed_weights_is_one_line(smol, tmp_path):
+    from ads_cli.engine.lora import with_adapter
+
+    adapter = tmp_path / "optimizer_lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(AdsError, match=r"optimizer_lora: a LoRA adapter \(optimizer_update=sft\) applies to plain linear layers") as e:
+        with_adapter(smol, adapter)
     assert "\n" not in str(e.value)
 
 

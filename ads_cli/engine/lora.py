@@ -131,6 +131,9 @@ def with_adapter(optimizer: Model, adapter: Path) -> Model:
     if optimizer.model_id.endswith(":int8"):
         raise AdsError(f"{adapter}: a LoRA adapter (optimizer_update=sft) applies to fp32 weights: set lm.dtype=fp32,"
                        f" or remove the adapter")
+    if optimizer.model_id.endswith(":onednn"):
+        raise AdsError(f"{adapter}: a LoRA adapter (optimizer_update=sft) applies to plain linear layers: set"
+                       f" train.optimizer_update=sft or lm.gemm=blas, or remove the adapter")
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(copy.deepcopy(optimizer.model), str(adapter))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..cache import CallCache
 from ..errors import AdsError
-from ..params import BACKEND_ENTRY_POINTS
+from ..params import BACKEND_ENTRY_POINTS, uses_lora
 from ..paths import Paths
 from ..progress import phase
 from ..sources import Lock
@@ -54,8 +54,10 @@ def _load(params: dict, role: str, paths: Paths) -> Model:
         from .weights import load_weights
 
         source, cache_dir, lock = role_source(params, role, paths)
+        # LoRA trains through the linear layers, which oneDNN's packed ones do not allow
+        gemm = "blas" if uses_lora(params) else params["lm"]["gemm"]
         model, tokenizer, digest = load_weights(source, cache_dir, lock, threads=params["lm"]["threads"],
-                                               dtype=params["lm"]["dtype"])
+                                               dtype=params["lm"]["dtype"], gemm=gemm)
         return LocalModel(model, tokenizer, digest, source, batch_size=params["lm"]["batch_size"], cache=call_cache(params, paths))
     if backend == "openai":
         from .openai import OpenAIModel

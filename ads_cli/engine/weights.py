@@ -17,7 +17,7 @@ from typing import Any
 from ..cache import call_key
 from ..errors import AdsError
 from ..jsonl import sha256_file
-from ..params import DTYPES
+from ..params import DTYPES, GEMMS
 from ..progress import log
 from ..sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
 
@@ -139,27 +139,90 @@ def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
 _LOADED: dict[tuple, tuple] = {}
 
 
-def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dtype: str = "fp32") -> tuple[Any, Any, str]:
+def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dtype: str = "fp32",
+                 gemm: str = "onednn") -> tuple[Any, Any, str]:
     """(model, tokenizer, weights digest) of a source, loaded once per process: policy and
     optimizer naming the same source share the weights.
 
     `dtype` int8: the linear layers are quantized dynamically (int8 weights, activations
-    quantized per batch at run time; torch.ao's quantize_dynamic). The digest then says so, so
-    that its answers never mix with fp32 ones in the call cache.
+    quantized per batch at run time; torch.ao's quantize_dynamic). `gemm` onednn (fp32 only):
+    the decoder's linear layers multiply through oneDNN with pre-packed weights
+    (`pack_linear_layers`) instead of torch's BLAS. The digest says which, so that answers of
+    different arithmetic never mix in the call cache.
     """
     if dtype not in DTYPES:
         raise AdsError(f"lm.dtype: expected {' or '.join(DTYPES)}, got {dtype!r}")
+    if gemm not in GEMMS:
+        raise AdsError(f"lm.gemm: expected {' or '.join(GEMMS)}, got {gemm!r}")
     torch = _torch()
     torch.set_num_threads(threads or os.cpu_count() or 1)
     release_large_frees()
     target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)
-    if (target, digest, dtype) not in _LOADED:
+    if dtype == "int8" or not torch.backends.mkldnn.is_available():
+        gemm = "blas"  # int8 has its own kernels; a torch built without oneDNN has only its BLAS
+    key = (target, digest, dtype, gemm)
+    if key not in _LOADED:
         model, tokenizer = _load_fp32(source, target)
         if dtype == "int8":
             model = quantize_int8(model)  # in place: one copy of the weights
-        _LOADED[(target, digest, dtype)] = (model, tokenizer)
-    model, tokenizer = _LOADED[(target, digest, dtype)]
-    return model, tokenizer, digest if dtype == "fp32" else f"{digest}:{dtype}"
+        elif gemm == "onednn":
+            pack_linear_layers(model)  # in place: one copy of the weights
+        _LOADED[key] = (model, tokenizer)
+    model, tokenizer = _LOADED[key]
+    suffix = ":int8" if dtype == "int8" else ":onednn" if gemm == "onednn" else ""
+    return model, tokenizer, digest + suffix
+
+
+# torch multiplies fp32 matrices with its BLAS, here Intel's MKL, which on this AMD CPU runs a
+# path without AVX-512: 166-191 GFLOPS on the prefill's shapes (4,800 x 576 by 576 x 1,536 and
+# the like) on 2 cores, 120-127 GFLOPS on a 16-row decoding step. oneDNN, which torch also
+# ships, with the weights re-laid out once for it, measured 405-451 and 266-273 GFLOPS on the
+# same shapes (benchmarks/bench_lm.py compares whole runs). Its rows do not depend on how many
+# rows the batch has (MKL's differ below 8 rows), and a rerun gives the same bits. The sums run
+# in another order, so the numbers differ from MKL's in the last bits (about 1e-6 relative).
+def pack_linear_layers(model) -> int:
+    """Replace the decoder's `nn.Linear` layers by oneDNN ones holding the weights pre-packed,
+    in place (the plain weights are freed: one copy stays). Inference only: the packed layers
+    have no gradient, so LoRA, which trains through them, loads the weights with `blas`.
+    The output layer stays: its weights are the token embeddings', which a lookup reads.
+    Returns how many layers were replaced."""
+    torch = _torch()
+    replaced = 0
+    for layer in model.model.layers:
+        for name, child in list(layer.named_modules()):
+            if type(child) is torch.nn.Linear:
+                parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
+                setattr(parent, name.rpartition(".")[2], _packed_linear_class()(child))
+                replaced += 1
+    return replaced
+
+
+@functools.cache
+def _packed_linear_class():
+    torch = _torch()
+
+    class PackedLinear(torch.nn.Module):
+        """y = x W^T + b through oneDNN, with W in the layout oneDNN chose for it (opaque: kept as
+        a plain attribute, not a parameter or buffer, so nothing iterates over it)."""
+
+        def __init__(self, linear):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            with torch.no_grad():
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+            self.bias = None if linear.bias is None else linear.bias.detach()
+
+        def forward(self, x):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            # the packed weights cannot be saved, and a model saved without them would load as noise
+            raise RuntimeError("a model with oneDNN-packed linear layers cannot be saved: load it with lm.gemm=blas")
+
+        def extra_repr(self) -> str:
+            return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN"
+
+    return PackedLinear
 
 
 def quantize_int8(model):
