@@ -183,8 +183,7 @@ def gemm_comparison(params_path: str, pairs, prompts, new_tokens: int, ours_scor
     gens, t_gen = timed(lambda: blas.generate(prompts, max_new_tokens=new_tokens))
     bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
     same = sum(a.text == b.text for a, b in zip(gens, ours_batched["gens"]))
-    print(f"
-linear layers through oneDNN (lm.gemm=onednn) vs torch's BLAS (blas), same pairs and {len(prompts)} prompts:")
+    print(f"\nlinear layers through oneDNN (lm.gemm=onednn) vs torch's BLAS (blas), same pairs and {len(prompts)} prompts:")
     print(f"  scoring blas {t_score:.2f}s, onednn {ours_scoring['shared_s']:.2f}s: {t_score / ours_scoring['shared_s']:.2f}x;"
           f" batched generation blas {t_gen:.2f}s, onednn {ours_batched['seconds']:.2f}s: {t_gen / ours_batched['seconds']:.2f}x")
     print(f"  largest likelihood difference {bpb_diff:.2e} bits per byte; identical answers {same}/{len(prompts)}")
@@ -305,7 +304,7 @@ def fp32_generate(model, prompts, new_tokens):
 def write_figures(path: Path | None, figures: dict) -> None:
     if path is None:
         return
-    rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+    rounded = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}  # 4 significant digits
     path.write_text(json.dumps(rounded, indent=2) + "\n")
     print(f"figures -> {path}")
 

@@ -1,4 +1,4 @@
-"""benchmarks/bench_train.py refuses bad input before any run: one line, exit code 2."""
+"""benchmarks/: bench_train.py refuses bad input before any run (one line, exit code 2); every script compiles."""
 
 import subprocess
 import sys
@@ -21,3 +21,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, fragment):
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and fragment in out.stderr
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("*.py")))
+def test_every_benchmark_compiles(script, tmp_path):
+    """A benchmark runs for minutes before it reaches its last lines: a syntax error anywhere in
+    it should fail here, not at the end of a run."""
+    import py_compile
+
+    py_compile.compile(str(REPO / "benchmarks" / script), cfile=str(tmp_path / "out.pyc"), doraise=True)

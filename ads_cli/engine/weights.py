@@ -194,6 +194,13 @@ def pack_linear_layers(model) -> int:
                 parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
                 setattr(parent, name.rpartition(".")[2], _packed_linear_class()(child))
                 replaced += 1
+    # The loader maps the safetensors file, and the weights are views of that mapping, which
+    # stays whole (and in RSS, once read for packing) while any view lives: the rest (the
+    # embeddings, the norms) get memory of their own, so the mapping goes. Measured: RSS after
+    # loading 1,230 MiB without this, 932 MiB with it (blas, all weights read: 927 MiB).
+    with torch.no_grad():
+        for p in model.parameters():
+            p.data = p.data.clone()
     return replaced
 
 
