@@ -82,3 +82,22 @@ def test_torch_buffers_go_on_huge_pages():
     assert huge_kb["on"] >= 16 << 10  # most of the 32 MiB buffer
     if thp_mode() == "madvise":  # the control: without the setting, only memory that asks gets huge pages
         assert huge_kb["off"] == 0
+
+
+CACHE_PROBE = """
+import os
+from ads_cli.engine import weights
+weights._torch()
+print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"])
+"""
+
+
+@pytest.mark.parametrize("own, expected", [(None, "64"), ("7", "7")])
+def test_onednn_primitive_cache_is_capped_unless_the_user_set_it(own, expected):
+    """oneDNN reads its cache capacity from the environment when it creates its first primitive;
+    the engine sets it (ONEDNN_PRIMITIVE_CACHE) whenever it imports torch, and a user's own value wins."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if own is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = own
+    out = subprocess.run([sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
