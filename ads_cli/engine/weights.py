@@ -184,12 +184,11 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
 
 
 # torch multiplies fp32 matrices with its BLAS, here Intel's MKL, which on this AMD CPU runs a
-# path without AVX-512: 166-191 GFLOPS on the prefill's shapes (4,800 x 576 by 576 x 1,536 and
-# the like) on 2 cores, 120-127 GFLOPS on a 16-row decoding step. oneDNN, which torch also
-# ships, with the weights re-laid out once for it, measured 405-451 and 266-273 GFLOPS on the
-# same shapes (benchmarks/bench_lm.py compares whole runs). Its rows do not depend on how many
-# rows the batch has (MKL's differ below 8 rows), and a rerun gives the same bits. The sums run
-# in another order, so the numbers differ from MKL's in the last bits (about 1e-6 relative).
+# path without AVX-512. oneDNN, which torch also ships, with the weights re-laid out once for
+# it, measured 2.3x MKL's speed on the prefill's shapes (383-432 GFLOPS on 2 cores), 1.25-2.8x
+# on a 16-row decoding step and 0.8-1.6x on one row (benchmarks/bench_gemm.py; bench_lm.py
+# compares whole runs). A rerun gives the same bits. The sums run in another order, so the
+# numbers differ from MKL's in the last bits (about 1e-6 relative).
 def pack_linear_layers(model) -> int:
     """Replace the decoder's `nn.Linear` layers by oneDNN ones holding the weights pre-packed,
     in place (the plain weights are freed: one copy stays). Inference only: the packed layers
