@@ -173,22 +173,31 @@ def bits_per_byte(values: list[float], pairs: list[tuple[str, str]]) -> list[flo
     return [v / math.log(2) / len(r.encode("utf-8")) for v, (_, r) in zip(values, pairs)]
 
 
+def other_engine(params_path: str, override: str, pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
+    """The policy loaded with one lm setting changed (`override`), on the same pairs and prompts
+    as the default engine: its scoring and batched-generation seconds, its largest likelihood
+    difference from the default's in bits per byte, and how many answers are identical."""
+    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", override])
+    other = load_role(params, "policy")
+    other.cache = CallCache(None)
+    values, t_score = timed(lambda: other.loglikelihood(pairs))
+    gens, t_gen = timed(lambda: other.generate(prompts, max_new_tokens=new_tokens))
+    bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
+    same = sum(a.text == b.text for a, b in zip(gens, ours_batched["gens"]))
+    return {"score_s": t_score, "generate_s": t_gen, "bpb_diff": bpb_diff, "same": f"{same}/{len(prompts)}"}
+
+
 def gemm_comparison(params_path: str, pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
     """lm.gemm=blas (torch's BLAS, the engine before oneDNN) against the default oneDNN layers on
     the same pairs and prompts: speed, the largest likelihood difference, identical answers."""
-    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", "lm.gemm=blas"])
-    blas = load_role(params, "policy")
-    blas.cache = CallCache(None)
-    values, t_score = timed(lambda: blas.loglikelihood(pairs))
-    gens, t_gen = timed(lambda: blas.generate(prompts, max_new_tokens=new_tokens))
-    bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
-    same = sum(a.text == b.text for a, b in zip(gens, ours_batched["gens"]))
+    blas = other_engine(params_path, "lm.gemm=blas", pairs, prompts, new_tokens, ours_scoring, ours_batched)
+    t_score, t_gen = blas["score_s"], blas["generate_s"]
     print(f"\nlinear layers through oneDNN (lm.gemm=onednn) vs torch's BLAS (blas), same pairs and {len(prompts)} prompts:")
     print(f"  scoring blas {t_score:.2f}s, onednn {ours_scoring['shared_s']:.2f}s: {t_score / ours_scoring['shared_s']:.2f}x;"
           f" batched generation blas {t_gen:.2f}s, onednn {ours_batched['seconds']:.2f}s: {t_gen / ours_batched['seconds']:.2f}x")
-    print(f"  largest likelihood difference {bpb_diff:.2e} bits per byte; identical answers {same}/{len(prompts)}")
+    print(f"  largest likelihood difference {blas['bpb_diff']:.2e} bits per byte; identical answers {blas['same']}")
     return {"onednn_vs_blas_scoring": t_score / ours_scoring["shared_s"], "onednn_vs_blas_generation": t_gen / ours_batched["seconds"],
-            "onednn_max_abs_bpb_diff": bpb_diff, "onednn_identical_answers": f"{same}/{len(prompts)}"}
+            "onednn_max_abs_bpb_diff": blas["bpb_diff"], "onednn_identical_answers": blas["same"]}
 
 
 def weight_bytes(model: LocalModel) -> int:
@@ -203,19 +212,14 @@ def weight_bytes(model: LocalModel) -> int:
 def int8_comparison(params_path: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
     """lm.dtype=int8 against fp32 on the same pairs and prompts: scoring and batched generation
     speed, the largest likelihood difference in bits per byte, and identical answers."""
-    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", "lm.dtype=int8"])
-    int8 = load_role(params, "policy")
-    int8.cache = CallCache(None)
-    values, t_score = timed(lambda: int8.loglikelihood(pairs))
-    gens, t_gen = timed(lambda: int8.generate(prompts, max_new_tokens=new_tokens))
-    bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(fp32_scoring["values"], pairs)))
-    same = sum(a.text == b.text for a, b in zip(gens, fp32_batched["gens"]))
+    int8 = other_engine(params_path, "lm.dtype=int8", pairs, prompts, new_tokens, fp32_scoring, fp32_batched)
+    t_score, t_gen = int8["score_s"], int8["generate_s"]
     print("\nint8 (dynamic quantization of the linear layers) vs fp32, same pairs and prompts:")
     print(f"  scoring {fp32_scoring['shared_s']:.2f}s -> {t_score:.2f}s: {fp32_scoring['shared_s'] / t_score:.2f}x;"
           f" batched generation {fp32_batched['seconds']:.2f}s -> {t_gen:.2f}s: {fp32_batched['seconds'] / t_gen:.2f}x")
-    print(f"  largest likelihood difference {bpb_diff:.4f} bits per byte; identical answers {same}/{len(prompts)}")
+    print(f"  largest likelihood difference {int8['bpb_diff']:.4f} bits per byte; identical answers {int8['same']}")
     return {"int8_vs_fp32": fp32_scoring["shared_s"] / t_score, "int8_generation_vs_fp32": fp32_batched["seconds"] / t_gen,
-            "int8_max_abs_bpb_diff": bpb_diff, "int8_identical_answers": f"{same}/{len(prompts)}"}
+            "int8_max_abs_bpb_diff": int8["bpb_diff"], "int8_identical_answers": int8["same"]}
 
 
 def main() -> None:
