@@ -52,7 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "min_english_share": 0.1,
         "default_metric": "contains",
         "n_test": 30,
-        "n_train": 16,
+        "n_train": 40,
         "observed": 3,
         "heldout": 8,
     },
@@ -67,6 +67,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "dtype": "fp32",
         "gemm": "onednn",
         "batch_size": 16,
+        "batch_tokens": 6144,
         "max_new_tokens": 32,
         "temperature": 0.0,
         "seed": 0,
@@ -178,6 +179,7 @@ def validate(params: dict) -> dict:
     for key in ("batch_size", "max_new_tokens"):
         _check_positive(params, "lm", key)
     _check_positive(params, "lm", "threads", 0)
+    _check_positive(params, "lm", "batch_tokens", 0)
     for key in ("demonstrate_n", "demonstrate_max_tokens", "answer_k", "answer_max_tokens"):
         _check_positive(params, "apis", key)
     _check_positive(params, "apis", "retrieval_price", 0)

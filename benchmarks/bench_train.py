@@ -7,7 +7,7 @@
 The naive side is the same code with the engine settings that change how a run computes set
 back: no prefix KV caches kept between calls (KEPT_PREFIXES = 0), the KV cache concatenated at
 every decoding step instead of written into one buffer (GROW_IN_PLACE = False), glibc's mmap
-threshold left to float (no `mallopt`), torch's buffers on ordinary pages (HUGE_PAGES = False),
+threshold left to float (no `mallopt`), no `malloc_trim` after a batch, torch's buffers on ordinary pages (HUGE_PAGES = False),
 and the linear layers through torch's BLAS (`lm.gemm=blas`). All but the last leave the numbers
 as they are; oneDNN sums in another order, so its artifacts may differ in the last digits. Each side runs
 `ads train --iter N` in a scratch copy of the project (params, prepared data, index) with its own
@@ -16,6 +16,7 @@ artifact each side wrote is compared byte for byte with the first side's. About 
 side on the defaults here. A side `mmap:N` is the default engine with glibc's mmap threshold
 fixed at N MiB instead (`mmap:0` leaves glibc's own policy): the trade between speed and peak RSS.
 A side `nothp` is the default engine without transparent huge pages (the default until they came);
+a side `notrim` is the default engine without `malloc_trim` after a batch (the default until it came);
 a side `blas` is the default engine with torch's BLAS (the default until oneDNN came).
 Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
 trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
@@ -60,24 +61,18 @@ elif side.startswith("mmapt:"):  # the default mmap threshold, and glibc's trim 
     weights.release_large_frees = _both
 elif side.startswith("trim:"):  # glibc's own mmap threshold; after a batch, malloc_trim(0) when RSS > N MiB
     weights.release_large_frees = lambda: False
-    _libc = ctypes.CDLL(None); _limit = int(side[5:]) << 20; _page = os.sysconf("SC_PAGE_SIZE")
-    _batches = local.LocalModel._needed_batches
-    def _trimming(self, order, needed, progress):
-        for b in _batches(self, order, needed, progress):
-            yield b
-            with open("/proc/self/statm") as f:
-                rss = int(f.read().split()[1]) * _page
-            if rss > _limit:
-                _libc.malloc_trim(0)
-    local.LocalModel._needed_batches = _trimming
+    weights.TRIM_ABOVE = int(side[5:]) << 20
+if side in ("naive", "notrim"):
+    weights.TRIM_ABOVE = 0
 from ads_cli.cli import app
 sys.argv[0] = "ads"
 app()
 """
 
-SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold, no huge pages",
+SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold, no heap trimming, no huge pages",
          "default": "the engine's defaults",
          "nothp": "the engine's defaults without transparent huge pages",
+         "notrim": "the engine's defaults without handing the heap's free pages back after a batch",
          "blas": "the engine's defaults with torch's BLAS for the linear layers (lm.gemm=blas)"}
 BLAS_SIDES = ("naive", "blas")  # sides whose params say lm.gemm=blas
 # what `ads train` writes (logs/ hold the run's timings, which differ by nature)
@@ -140,7 +135,7 @@ def describe(side: str) -> str:
     if side.startswith("trim:") and side[5:].isdigit():
         return f"the engine's defaults under glibc's own mmap threshold, malloc_trim after a batch above {side[5:]} MiB RSS"
     if side not in SIDES:
-        fail(f"--sides: unknown side {side!r}; use naive, default, nothp, blas, mmap:N, mmapt:N or trim:N")
+        fail(f"--sides: unknown side {side!r}; use naive, default, nothp, notrim, blas, mmap:N, mmapt:N or trim:N")
     return SIDES[side]
 
 
@@ -148,7 +143,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--iter", type=int, default=2, dest="iterations")
-    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, nothp, blas, mmap:N, mmapt:N, trim:N")
+    ap.add_argument("--sides", default="naive,default", help="comma-separated, run in this order: naive, default, nothp, notrim, blas, mmap:N, mmapt:N, trim:N")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--keep", type=Path, default=None, help="put the scratch projects here (kept) instead of a temp folder")
     args = ap.parse_args()

@@ -234,6 +234,28 @@ def test_loglikelihood_with_a_shared_prefix_matches_a_hand_computation(model, mo
     assert blue_sky > green_sky  # and the numbers make sense
 
 
+def test_a_token_budget_makes_more_batches_with_the_same_answers(smol, monkeypatch):
+    """`batch_tokens` cuts a call into batches of at most that many tokens (rows x the longest
+    row); the rows and their answers stay the same."""
+    from ads_cli.method.policy import example_messages
+
+    prompts = [("Fact: " + "the river is long. " * (5 * k)) + "Question: What is long?\nAnswer:" for k in range(1, 7)]
+    pairs = [(smol.render(example_messages("Which city is in France?", "Fact: " + "Paris is in France. " * (3 * k))), "Paris")
+             for k in range(1, 7)]
+    results = {}
+    for budget in (0, 300):
+        engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=4, batch_tokens=budget)
+        sizes = []
+        grow = engine._generate_batch
+        monkeypatch.setattr(engine, "_generate_batch", lambda ids, *a, **k: sizes.append(len(ids)) or grow(ids, *a, **k))
+        texts = [g.text for g in engine.generate(prompts, max_new_tokens=6, chat=False)]
+        results[budget] = (sizes, texts, engine.loglikelihood(pairs))
+    (sizes, texts, values), (cut_sizes, cut_texts, cut_values) = results[0], results[300]
+    assert sizes == [4, 2] and len(cut_sizes) > 2 and sum(cut_sizes) == 6
+    assert cut_texts == texts
+    assert cut_values == pytest.approx(values, abs=1e-3)
+
+
 def test_a_resumed_scoring_call_matches_the_uninterrupted_one_exactly(model, tmp_path, monkeypatch):
     """Floating-point results depend on the batch and the shared prefix: a rerun that finds part
     of a call in the cache must score the rest in the same batches, so the values are identical."""

@@ -46,6 +46,44 @@ def test_large_freed_buffers_go_back_to_the_system():
     assert freed_mib >= size_mib - 1
 
 
+# 64 MiB in 64 KiB blocks, under the mmap threshold, so from the heap; a block kept above them
+# stops glibc from trimming the heap's top by itself. RSS handed back by `trim_heap`, in MiB,
+# and whether it trimmed
+TRIM_PROBE = """
+import ctypes, ctypes.util, os, sys
+from ads_cli.engine import weights
+weights.release_large_frees()
+weights.TRIM_ABOVE = int(sys.argv[1])
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+blocks = [libc.malloc(64 << 10) for _ in range(1024)]
+for b in blocks:
+    ctypes.memset(b, 1, 64 << 10)
+top = libc.malloc(64 << 10)
+for b in blocks:
+    libc.free(b)
+before = rss()
+trimmed = weights.trim_heap()
+print(round((before - rss()) / 2**20), int(trimmed))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_the_heaps_free_pages_go_back_above_the_trim_limit():
+    def trim(limit: int) -> tuple[int, int]:
+        out = subprocess.run([sys.executable, "-c", TRIM_PROBE, str(limit)], cwd=REPO, check=True, capture_output=True, text=True)
+        freed_mib, trimmed = map(int, out.stdout.split())
+        return freed_mib, trimmed
+
+    assert trim(0) == (0, 0)  # off: the heap keeps the freed blocks
+    assert trim(1 << 40)[1] == 0  # RSS under the limit: nothing to do
+    freed_mib, trimmed = trim(1)
+    assert trimmed == 1 and freed_mib >= 60
+
+
 # a 32 MiB torch buffer, with or without the engine's huge-page setting: its kB on huge pages
 THP_PROBE = """
 import sys
@@ -101,3 +139,19 @@ def test_onednn_primitive_cache_is_capped_unless_the_user_set_it(own, expected):
         env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = own
     out = subprocess.run([sys.executable, "-c", CACHE_PROBE], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_token_batches_cut_long_rows_into_fewer_at_a_time():
+    from ads_cli.engine.base import token_batches
+
+    widths = [1000, 900, 500, 300, 300, 100, 90]
+    assert token_batches(widths, 4) == [(0, 4), (4, 7)]  # rows only, as before the token budget
+    spans = token_batches(widths, 4, 2000)
+    assert spans == [(0, 2), (2, 6), (6, 7)]  # 2000 // 1000 = 2 rows, 2000 // 500 = 4, then the rest
+    assert [i for a, b in spans for i in range(a, b)] == list(range(len(widths)))  # every row once, in order
+    for a, b in spans:
+        assert (b - a) * widths[a] <= 2000
+    assert token_batches([5000, 10, 10], 4, 2000) == [(0, 1), (1, 3)]  # wider than the budget: alone
+    assert token_batches([], 4, 2000) == []
+    with pytest.raises(ValueError, match="longest first"):
+        token_batches([10, 20], 4, 2000)

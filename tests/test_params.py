@@ -32,6 +32,7 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     ("prepare.min_english_share=2", "between 0 and 1"),
     ("lm.dtype=fp16", "lm.dtype must be fp32 or int8"),
     ("lm.gemm=mkl", "lm.gemm must be onednn or blas, got 'mkl'"),
+    ("lm.batch_tokens=-1", "lm.batch_tokens must be >= 0, got -1"),
     ("evaluate.tie_epsilon_likelihood=-0.1", "evaluate.tie_epsilon_likelihood must be >= 0"),
     ("evaluate.candidates=0", "evaluate.candidates must be >= 1"),
     ("train.observed_check=maybe", "train.observed_check must be bool"),

@@ -261,3 +261,21 @@ def generation_key(model_id: str, payload, max_new_tokens: int, temperature: flo
     if grammar is not None:
         parts.append(grammar.key())
     return call_key(*parts), prompt_seed
+
+
+def token_batches(widths: list[int], batch_size: int, batch_tokens: int = 0) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over rows whose padded widths are `widths`, longest first:
+    at most `batch_size` rows, and at most `batch_tokens` tokens counted as rows x the batch's
+    first (longest) width; a row wider than the budget goes alone. 0: no token limit.
+
+    Measured on 16 of the optimizer's longest prompts (712-1,001 tokens, 40 new tokens, 40 training
+    tasks): all 16 rows at once took 28.2 s and raised the peak RSS by 674 MiB; with 6,144
+    tokens 23.1 s, and the peak stayed at the model's loading peak."""
+    if any(a < b for a, b in zip(widths, widths[1:])):
+        raise ValueError("token_batches: widths must be sorted longest first")
+    spans, start = [], 0
+    while start < len(widths):
+        rows = batch_size if not batch_tokens else max(1, min(batch_size, batch_tokens // max(1, widths[start])))
+        spans.append((start, min(len(widths), start + rows)))
+        start = spans[-1][1]
+    return spans

@@ -11,6 +11,10 @@
 - Decoding writes each step's keys and values into a KV buffer allocated once per batch
   (`GROW_IN_PLACE`), where transformers' DynamicLayer concatenates, copying the whole cache at
   every step; the numbers are the same.
+- Batches are cut by rows (`batch_size`) and by tokens (`batch_tokens`): rows are sorted by
+  length, longest first, and a batch holds at most `batch_tokens` // (its longest row, prefix and
+  new tokens included) rows. A batch's KV cache and activations grow with rows x length, so
+  long prompts go fewer at a time (`token_batches`).
 - `loglikelihood`: the log-probability of a continuation given a context.
 """
 
@@ -22,9 +26,9 @@ import functools
 
 from ..cache import CallCache
 from ..progress import log
-from .base import Decoding, Generation, Request, Scoring, TokenizerModel, cut_at_stop
+from .base import Decoding, Generation, Request, Scoring, TokenizerModel, cut_at_stop, token_batches
 from .grammar import GrammarProcessor
-from .weights import _torch
+from .weights import _torch, trim_heap
 
 MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
 KEPT_PREFIXES = 2  # prefix KV caches kept between calls (a 500-token prefix of the 135M model: 23 MB)
@@ -58,10 +62,10 @@ class LocalModel(TokenizerModel):
     """A transformers causal LM in this process; `model_id` is its weights' hash."""
 
     def __init__(self, model, tokenizer, model_id: str, name: str, batch_size: int = 16, cache: CallCache | None = None,
-                 role: str = "model"):
+                 role: str = "model", batch_tokens: int = 0):
         self.model, self.tok, self.role = model, tokenizer, role
         self._model_id, self.name = model_id, name
-        self.batch_size = batch_size
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
         self.cache = cache or CallCache(None)
         self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
         if self.tok.pad_token_id is None:
@@ -106,7 +110,8 @@ class LocalModel(TokenizerModel):
         order = sorted(encoded, key=lambda i: -len(encoded[i][0]))
         # every prompt keeps at least one token of its own: its logits start the answer
         prefix, prefix_cache = self._shared_prefix([encoded[i][0] for i in order], [1] * len(order))
-        for batch in self._needed_batches(order, needed, progress):
+        widths = [len(encoded[i][0]) + decoding.max_new_tokens for i in order]
+        for batch in self._needed_batches(order, widths, needed, progress):
             outputs = self._generate_batch([encoded[i][0][len(prefix):] for i in batch], decoding, [seeds[i] for i in batch],
                                            prefix, prefix_cache)
             for i, (text, n_new) in zip(batch, outputs):
@@ -184,7 +189,7 @@ class LocalModel(TokenizerModel):
         needed = {p.index for p in pairs if p.needed}
         order = sorted(rows, key=lambda i: (-len(rows[i][0]), i))
         prefix, prefix_cache = self._shared_prefix([rows[i][0] for i in order], [rows[i][1] + 1 for i in order])
-        for batch in self._needed_batches(order, needed, progress):
+        for batch in self._needed_batches(order, [len(rows[i][0]) for i in order], needed, progress):
             input_ids, attention = self._left_padded(len(prefix), [rows[i][0][len(prefix):] for i in batch])
             positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, len(prefix):]
             keep = max(rows[i][1] for i in batch) + 1
@@ -200,15 +205,17 @@ class LocalModel(TokenizerModel):
                 picked = logprobs[row, keep - n - 1: keep - 1].gather(-1, targets[:, None])
                 yield i, float(picked.sum())
 
-    def _needed_batches(self, order: list[int], needed: set[int], progress):
-        """Batches of `batch_size` rows over `order`, which holds every row of the call (cached
-        ones too), so a batch is the same on a first and on a resumed run. A batch without a
-        `needed` row is skipped; progress counts the needed rows."""
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start: start + self.batch_size]
+    def _needed_batches(self, order: list[int], widths: list[int], needed: set[int], progress):
+        """The batches of `token_batches` over `order`, which holds every row of the call (cached
+        ones too), longest first, so a batch is the same on a first and on a resumed run. A batch
+        without a `needed` row is skipped; progress counts the needed rows. After each batch the
+        heap's free pages may go back to the system (`trim_heap`)."""
+        for start, stop in token_batches(widths, self.batch_size, self.batch_tokens):
+            batch = order[start:stop]
             n_needed = len(needed.intersection(batch))
             if n_needed:
                 yield batch
+                trim_heap()
                 progress.step(n_needed)
 
     def _shared_prefix(self, seqs: list[list[int]], own: list[int]) -> tuple[list[int], object]:

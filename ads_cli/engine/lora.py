@@ -89,7 +89,8 @@ def renamed(lm: Model, model_id: str) -> LocalModel:
     """The same weights under another `model_id`: the cache keys of a fine-tune's answers."""
     if not isinstance(lm, LocalModel):
         raise AdsError("train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")
-    return LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache, role=lm.role)
+    return LocalModel(lm.model, lm.tok, model_id, lm.name, lm.batch_size, lm.cache, role=lm.role,
+                       batch_tokens=lm.batch_tokens)
 
 
 def with_fresh_adapter(lm: LocalModel, train: dict, pairs: list[tuple[str, str]], model_id: str, use) -> tuple[object, float]:
@@ -140,4 +141,4 @@ def with_adapter(optimizer: Model, adapter: Path) -> Model:
     model.eval()
     digest = call_key(optimizer.model_id, *[sha256_file(p) for p in sorted(adapter.glob("*.safetensors"))])
     return LocalModel(model, optimizer.tok, digest, f"{optimizer.name}+{adapter}", optimizer.batch_size, optimizer.cache,
-                      role=optimizer.role)
+                      role=optimizer.role, batch_tokens=optimizer.batch_tokens)

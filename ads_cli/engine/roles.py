@@ -58,7 +58,8 @@ def _load(params: dict, role: str, paths: Paths) -> Model:
         gemm = "blas" if uses_lora(params) else params["lm"]["gemm"]
         model, tokenizer, digest = load_weights(source, cache_dir, lock, threads=params["lm"]["threads"],
                                                dtype=params["lm"]["dtype"], gemm=gemm)
-        return LocalModel(model, tokenizer, digest, source, batch_size=params["lm"]["batch_size"], cache=call_cache(params, paths))
+        return LocalModel(model, tokenizer, digest, source, batch_size=params["lm"]["batch_size"], cache=call_cache(params, paths),
+                          batch_tokens=params["lm"]["batch_tokens"])
     if backend == "openai":
         from .openai import OpenAIModel
         from .weights import load_tokenizer

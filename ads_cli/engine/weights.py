@@ -75,6 +75,41 @@ def release_large_frees() -> bool:
     return libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1
 
 
+# Freed buffers under MMAP_THRESHOLD (a batch's KV buffers and activations, of a new shape each
+# batch) stay in glibc's heap, so over a run the RSS ratchets up: a cold default `ads train` on 40
+# tasks peaked at 2.25 GiB. After a batch, when the RSS is above TRIM_ABOVE, the engine hands the
+# heap's free pages back (`malloc_trim(0)`, `trim_heap`); 0 turns it off. 30 scoring and
+# generation calls of random lengths: RSS 1,502 MiB after them untrimmed, 1,108 MiB trimmed after
+# every batch. The numbers computed do not change.
+TRIM_ABOVE = 1280 << 20
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    return getattr(libc, "malloc_trim", None)
+
+
+def trim_heap() -> bool:
+    """After a batch: when the RSS is above TRIM_ABOVE, hand the heap's free pages back to the
+    system. Returns whether it trimmed (never where the C library has no `malloc_trim` or there
+    is no /proc)."""
+    trim = _malloc_trim()
+    if not TRIM_ABOVE or trim is None:
+        return False
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return False
+    if rss <= TRIM_ABOVE:
+        return False
+    trim(0)
+    return True
+
+
 def _quiet_transformers() -> None:
     import transformers
 
