@@ -34,8 +34,7 @@ from ads_cli.method.policy import example_messages
 
 
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+    return weights.rss_bytes() / 2**20
 
 
 def peak_mib() -> float:

@@ -61,14 +61,20 @@ MMAP_THRESHOLD = 8 << 20
 
 
 @functools.cache
+def _libc():
+    """The symbols this process already has, the C library's among them."""
+    import ctypes
+
+    return ctypes.CDLL(None)
+
+
+@functools.cache
 def release_large_frees() -> bool:
     """Fix glibc's mmap threshold at MMAP_THRESHOLD (`mallopt(M_MMAP_THRESHOLD)`, which also
     stops it from growing), once per process. Returns whether it was set: False where the C
     library has no `mallopt` (not glibc), which then keeps its own policy. The numbers computed
     do not change."""
-    import ctypes
-
-    libc = ctypes.CDLL(None)  # the symbols this process already has, the C library's among them
+    libc = _libc()
     if not hasattr(libc, "mallopt"):
         return False
     m_mmap_threshold = -3  # malloc.h
@@ -76,35 +82,33 @@ def release_large_frees() -> bool:
 
 
 # Freed buffers under MMAP_THRESHOLD (a batch's KV buffers and activations, of a new shape each
-# batch) stay in glibc's heap, so over a run the RSS ratchets up: a cold default `ads train` on 40
-# tasks peaked at 2.25 GiB. After a batch, when the RSS is above TRIM_ABOVE, the engine hands the
-# heap's free pages back (`malloc_trim(0)`, `trim_heap`); 0 turns it off. 30 scoring and
-# generation calls of random lengths: RSS 1,502 MiB after them untrimmed, 1,108 MiB trimmed after
-# every batch. The numbers computed do not change.
+# batch) stay in glibc's heap, so over a run the RSS ratchets up. After a batch, when the RSS is
+# above TRIM_ABOVE, the engine hands the heap's free pages back (`malloc_trim(0)`, `trim_heap`);
+# 0 turns it off. A cold default `ads train` on 40 tasks (benchmarks/bench_train.py, sides
+# default and notrim): peak 2.27 GiB untrimmed, 1.87 GiB trimmed, 10 % slower (pages freed are
+# faulted in again); benchmarks/bench_memory.py has the same trade on 30 calls. The numbers
+# computed do not change.
 TRIM_ABOVE = 1280 << 20
 
 
-@functools.cache
-def _malloc_trim():
-    import ctypes
-
-    libc = ctypes.CDLL(None)
-    return getattr(libc, "malloc_trim", None)
+def rss_bytes() -> int | None:
+    """This process's resident set size now, None without /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return None
 
 
 def trim_heap() -> bool:
     """After a batch: when the RSS is above TRIM_ABOVE, hand the heap's free pages back to the
     system. Returns whether it trimmed (never where the C library has no `malloc_trim` or there
     is no /proc)."""
-    trim = _malloc_trim()
+    trim = getattr(_libc(), "malloc_trim", None)
     if not TRIM_ABOVE or trim is None:
         return False
-    try:
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return False
-    if rss <= TRIM_ABOVE:
+    rss = rss_bytes()
+    if rss is None or rss <= TRIM_ABOVE:
         return False
     trim(0)
     return True
