@@ -4,7 +4,7 @@
 
 The shapes are SmolLM2-135M's linear layers (hidden 576, MLP 1,536, 3 key/value heads of 64)
 at three row counts: a prefill batch (16 prompts of 300 tokens = 4,800 rows), a decoding step
-of a 16-row batch, and a decoding step of one row. Each product runs with the engine's thread
+of a 16-row batch, and a decoding step of one row; the output layer at the decoding steps. Each product runs with the engine's thread
 count, both ways in the same run, on the same random fp32 inputs: GFLOPS, the ratio, the
 largest relative difference, and whether a row's result is the same when computed alone as in
 the whole batch (what lets batched and one-at-a-time runs agree to the bit).
@@ -22,6 +22,9 @@ import torch
 
 SHAPES = [("q_proj, o_proj", 576, 576), ("k_proj, v_proj", 576, 192), ("gate_proj, up_proj", 576, 1536), ("down_proj", 1536, 576)]
 ROWS = [("prefill, 16 x 300 tokens", 4800), ("decoding step, 16 rows", 16), ("decoding step, 1 row", 1)]
+# the output layer (the tied embeddings, 49,152 tokens) runs on the rows whose logits are kept: a
+# decoding step's, not a prefill's
+OUTPUT = ("lm_head", 576, 49152)
 
 
 def seconds(f, repeats: int) -> float:
@@ -45,7 +48,7 @@ def main() -> None:
     print(f"{'rows':28}{'layer':20}{'blas GFLOPS':>12}{'onednn GFLOPS':>15}{'ratio':>8}{'max rel diff':>14}{'rows alone = batch':>20}")
     figures = []
     for rows_name, m in ROWS:
-        for layer, k, n in SHAPES:
+        for layer, k, n in SHAPES + ([OUTPUT] if m <= 16 else []):
             x, w = torch.randn(m, k), torch.randn(n, k)
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
             blas = lambda x=x: torch.nn.functional.linear(x, w)  # noqa: E731

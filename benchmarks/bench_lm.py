@@ -7,7 +7,8 @@
 2. 5 questions over one shared 800-token context: prefix KV cache reused vs recomputed.
 3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
    call (shared prefix, batched) vs each pair on its own.
-4. The KV cache written in place against concatenated at every step (16 of the prompts); the
+4. The KV cache written in place against concatenated at every step, and the prompts computed
+   row by row against the padded batch at once (16 of the prompts each); the
    optimizer's constrained decoding against unconstrained, on its own prompts; a
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
    calls against computed in each.
@@ -57,7 +58,7 @@ def make_prompts(model: LocalModel, docs: list[dict], n: int, seed: int) -> list
 
 @contextlib.contextmanager
 def engine_setting(name: str, value):
-    """The local engine's module setting `name` (MIN_SHARED_PREFIX, KEPT_PREFIXES, GROW_IN_PLACE)
+    """The local engine's module setting `name` (MIN_SHARED_PREFIX, KEPT_PREFIXES, GROW_IN_PLACE, ROW_PREFILL)
     set to `value` for the block: the naive side of a comparison."""
     default = getattr(local_engine, name)
     setattr(local_engine, name, value)
@@ -129,22 +130,36 @@ def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
     return {"kept_prefix_vs_recomputed": ratio}
 
 
+def setting_off_and_on(model, prompts: list[str], new_tokens: int, setting: str, off: str, on: str) -> tuple[float, int]:
+    """Batched generation of the same prompts with the engine's `setting` off, then on (the
+    default): (off's time / on's, how many texts are identical)."""
+    times, texts = {}, {}
+    for name, value in ((off, False), (on, True)):
+        model.cache = CallCache(None)
+        model.forget_prefixes()
+        with engine_setting(setting, value):
+            gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens))
+        texts[name] = [g.text for g in gens]
+    same = sum(a == b for a, b in zip(texts[off], texts[on]))
+    ratio = times[off] / times[on]
+    print(f"  {off} {times[off]:.2f}s, {on} {times[on]:.2f}s: {ratio:.2f}x; identical texts {same}/{len(prompts)}")
+    return ratio, same
+
+
 def in_place_kv(model, prompts: list[str], new_tokens: int) -> dict:
     """Batched generation with each batch's KV cache written into one buffer (GROW_IN_PLACE,
     the default) against transformers' concatenation at every step, on the same prompts."""
-    times, texts = {}, {}
-    for name, grow in (("concatenated", False), ("in place", True)):
-        model.cache = CallCache(None)
-        model.forget_prefixes()
-        with engine_setting("GROW_IN_PLACE", grow):
-            gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens))
-        texts[name] = [g.text for g in gens]
-    same = sum(a == b for a, b in zip(texts["concatenated"], texts["in place"]))
-    ratio = times["concatenated"] / times["in place"]
-    print(f"\nKV cache, {len(prompts)} prompts batched, {new_tokens} new tokens: concatenated at every step"
-          f" {times['concatenated']:.2f}s, written in place {times['in place']:.2f}s: {ratio:.2f}x;"
-          f" identical texts {same}/{len(prompts)}")
+    print(f"\nKV cache, {len(prompts)} prompts batched, {new_tokens} new tokens:")
+    ratio, _ = setting_off_and_on(model, prompts, new_tokens, "GROW_IN_PLACE", "concatenated at every step", "written in place")
     return {"kv_in_place_vs_concat": ratio}
+
+
+def row_prefill(model, prompts: list[str], new_tokens: int) -> dict:
+    """Each prompt computed on its own, then the batch decoded together (ROW_PREFILL, the
+    default) against the left-padded batch's prompts computed as one, on the same prompts."""
+    print(f"\nprefill, {len(prompts)} prompts batched, {new_tokens} new tokens:")
+    ratio, same = setting_off_and_on(model, prompts, new_tokens, "ROW_PREFILL", "the padded batch at once", "row by row")
+    return {"row_prefill_vs_batch": ratio, "row_prefill_identical_answers": same}
 
 
 def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
@@ -281,6 +296,7 @@ def main() -> None:
     figures["prefix_reuse"] = t_plain / t_shared
 
     figures |= in_place_kv(model, prompts[:16], args.new_tokens)
+    figures |= row_prefill(model, prompts[:16], args.new_tokens)
     figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]

@@ -6,10 +6,12 @@
 
 The naive side is the same code with the engine settings that change how a run computes set
 back: no prefix KV caches kept between calls (KEPT_PREFIXES = 0), the KV cache concatenated at
-every decoding step instead of written into one buffer (GROW_IN_PLACE = False), glibc's mmap
+every decoding step instead of written into one buffer (GROW_IN_PLACE = False), each batch's
+prompts computed as one left-padded batch instead of row by row (ROW_PREFILL = False), glibc's mmap
 threshold left to float (no `mallopt`), no `malloc_trim` after a batch, torch's buffers on ordinary pages (HUGE_PAGES = False),
-and the linear layers through torch's BLAS (`lm.gemm=blas`). All but the last leave the numbers
-as they are; oneDNN sums in another order, so its artifacts may differ in the last digits. Each side runs
+and the linear layers through torch's BLAS (`lm.gemm=blas`). All but the row prefill and the
+last leave the numbers as they are; a row computed alone and oneDNN's sums run in another order
+than in a padded batch and in BLAS, so their artifacts may differ in the last digits. Each side runs
 `ads train --iter N` in a scratch copy of the project (params, prepared data, index) with its own
 empty call cache, in a child process, so that its time and peak RSS are its own. Then every
 artifact each side wrote is compared byte for byte with the first side's. About 15 minutes per
@@ -17,7 +19,9 @@ side on the defaults here. A side `mmap:N` is the default engine with glibc's mm
 fixed at N MiB instead (`mmap:0` leaves glibc's own policy): the trade between speed and peak RSS.
 A side `nothp` is the default engine without transparent huge pages (the default until they came);
 a side `notrim` is the default engine without `malloc_trim` after a batch (the default until it came);
-a side `blas` is the default engine with torch's BLAS (the default until oneDNN came).
+a side `blas` is the default engine with torch's BLAS (the default until oneDNN came);
+a side `batchprefill` is the default engine with each batch's prompts computed as one padded batch
+(the default until row-by-row prefill came).
 Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
 trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
 heap's free pages handed back (`malloc_trim`) when the RSS is above N MiB.
@@ -44,6 +48,8 @@ side = sys.argv.pop(1)
 if side in ("naive", "nothp"):
     weights.HUGE_PAGES = False
     os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+if side in ("naive", "batchprefill"):
+    local.ROW_PREFILL = False
 if side == "naive":
     local.KEPT_PREFIXES = 0
     local.GROW_IN_PLACE = False
@@ -69,11 +75,13 @@ sys.argv[0] = "ads"
 app()
 """
 
-SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, glibc's own mmap threshold, no heap trimming, no huge pages",
+SIDES = {"naive": "engine settings off: no kept prefixes, KV cache concatenated, prompts prefilled as one padded batch, glibc's own mmap threshold,"
+                  " no heap trimming, no huge pages, torch's BLAS",
          "default": "the engine's defaults",
          "nothp": "the engine's defaults without transparent huge pages",
          "notrim": "the engine's defaults without handing the heap's free pages back after a batch",
-         "blas": "the engine's defaults with torch's BLAS for the linear layers (lm.gemm=blas)"}
+         "blas": "the engine's defaults with torch's BLAS for the linear layers (lm.gemm=blas)",
+         "batchprefill": "the engine's defaults with each batch's prompts computed as one padded batch, not row by row"}
 BLAS_SIDES = ("naive", "blas")  # sides whose params say lm.gemm=blas
 # what `ads train` writes (logs/ hold the run's timings, which differ by nature)
 ARTIFACTS = ("data", "results")

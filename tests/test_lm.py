@@ -10,7 +10,7 @@ from ads_cli.cache import CallCache
 from ads_cli.cli import app
 from ads_cli.errors import AdsError
 from ads_cli.params import SMOLLM2
-from ads_cli.engine import local
+from ads_cli.engine import kv, local
 from ads_cli.engine.local import LocalModel
 from ads_cli.engine.weights import convert_gguf, load_weights
 from ads_cli.sources import Lock, extract_file
@@ -105,7 +105,7 @@ def test_growing_the_kv_cache_in_place_gives_the_same_answers(smol, monkeypatch,
     context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
     with_prefix = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
     answers, updates = {}, []
-    layer = local._growing_layer()
+    layer = kv.growing_layer()
     update = layer.update
     monkeypatch.setattr(layer, "update", lambda self, *a, **k: updates.append(grow) or update(self, *a, **k))
     for grow in (True, False):
@@ -122,6 +122,25 @@ def test_growing_the_kv_cache_in_place_gives_the_same_answers(smol, monkeypatch,
     assert answers[True] == answers[False]
     # the growing layers did the work when on (prefix batches and plain ones), never when off
     assert updates.count(True) > 0 and False not in updates
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompts_prefilled_row_by_row_give_the_same_answers(smol, monkeypatch, temperature):
+    """Each row's prompt computed on its own, then the rows decoded together (the default),
+    against the left-padded batch computed as one: the same answers with and without a shared
+    prefix, a row's numbers taken from its own prompt whatever the batch holds."""
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    with_prefix = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
+    answers, filled = {}, []
+    prefilled = LocalModel._prefilled_cache
+    monkeypatch.setattr(LocalModel, "_prefilled_cache", lambda self, *a: filled.append(prefilled(self, *a)) or filled[-1])
+    for rows in (True, False):
+        monkeypatch.setattr(local, "ROW_PREFILL", rows)
+        engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=3)  # a full and a partial batch
+        answers[rows] = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False, temperature=temperature, seed=3)]
+        answers[rows] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12, temperature=temperature, seed=3)]
+    assert answers[True] == answers[False]
+    assert len(filled) == 4 and all(cache is not None for cache in filled)  # 2 batches a call, on only
 
 
 def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
@@ -306,7 +325,8 @@ def test_onednn_layers_answer_as_blas_does_under_their_own_cache_identity(smol, 
     blas = LocalModel(model, tokenizer, digest, SMOLLM2, cache=CallCache(tmp_path / "blas.sqlite"))
     assert smol.model_id == blas.model_id + ":onednn" and smol.model is not blas.model
     packed = [m for m in smol.model.modules() if isinstance(m, _packed_linear_class())]
-    assert len(packed) == 7 * smol.model.config.num_hidden_layers
+    assert len(packed) == 7 * smol.model.config.num_hidden_layers + 1  # and the output layer
+    assert isinstance(smol.model.get_output_embeddings(), _packed_linear_class())
     assert not any(isinstance(m, _packed_linear_class()) for m in blas.model.modules())
     smol.cache = CallCache(tmp_path / "onednn.sqlite")
     assert [g.text for g in smol.generate(QUESTIONS, max_new_tokens=12)] == [g.text for g in blas.generate(QUESTIONS, max_new_tokens=12)]
@@ -346,7 +366,7 @@ def test_a_growing_kv_layer_holds_what_concatenation_holds_and_never_writes_into
     import torch
     from transformers.cache_utils import DynamicLayer
 
-    grow, plain = local._growing_layer()(reserve=2), DynamicLayer()
+    grow, plain = kv.growing_layer()(reserve=2), DynamicLayer()
     gen = torch.Generator().manual_seed(0)
     steps = [torch.randn(2, 3, m, 4, generator=gen) for m in (5, 1, 1, 1, 1)]  # a prefill, then past the reserve
     for x in steps:
@@ -369,7 +389,7 @@ def test_a_growing_kv_layer_holds_what_concatenation_holds_and_never_writes_into
     prefix = DynamicLayer()
     prefix.update(steps[0][:1], -steps[0][:1])
     kept = prefix.keys.clone()
-    rows = local._growing_layer().like(prefix, 4)
+    rows = kv.growing_layer().like(prefix, 4)
     new = torch.randn(3, 3, 2, 4, generator=gen)
     k, v = rows.update(new, -new)
     assert torch.equal(k, torch.cat([kept.expand(3, -1, -1, -1), new], 2)) and torch.equal(v, -k)
