@@ -247,13 +247,18 @@ class LocalModel(TokenizerModel):
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                                     logits_to_keep=keep, **kwargs).logits
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-            for row, i in enumerate(batch):
-                ids, n = rows[i]
-                targets = torch.tensor(ids[len(ids) - n:])
-                # logit k of the kept ones predicts the token after input position width - keep + k
-                picked = logprobs[row, keep - n - 1: keep - 1].gather(-1, targets[:, None])
-                yield i, float(picked.sum())
+                del kwargs
+                # each row's own positions only: log-softmax is per position, so the numbers are
+                # the whole batch's, without a second rows x keep x vocabulary tensor
+                scores = []
+                for row, i in enumerate(batch):
+                    ids, n = rows[i]
+                    targets = torch.tensor(ids[len(ids) - n:])
+                    # logit k of the kept ones predicts the token after input position width - keep + k
+                    logprobs = torch.log_softmax(logits[row, keep - n - 1: keep - 1].float(), dim=-1)
+                    scores.append(float(logprobs.gather(-1, targets[:, None]).sum()))
+                del logits, logprobs
+            yield from zip(batch, scores)
 
     def _needed_batches(self, order: list[int], widths: list[int], needed: set[int], progress):
         """The batches of `token_batches` over `order`, which holds every row of the call (cached
