@@ -28,13 +28,11 @@ def copy_cache(cache, rows: int):
     return copied
 
 
-def growing_cache(prefix_cache, model, reserve: int):
-    """A cache for one `generate` batch whose layers grow in place, with room for `reserve` more
-    positions, continuing from the one-row `prefix_cache` (None: empty), which is only read: the
-    first update copies the prefix into each row of a new buffer, so there is no batch repeat
-    of it first. None when the model's layers are not all full-attention `DynamicLayer`s, or
-    its generation config names a cache implementation of its own (the caller then does as
-    before)."""
+def batch_cache(prefix_cache, model):
+    """A cache object for one `generate` batch whose layers the caller replaces, continuing from
+    the one-row `prefix_cache` (None: empty), which is only read. None when the model's layers
+    are not all full-attention `DynamicLayer`s, or its generation config names a cache
+    implementation of its own (the caller then does as transformers does)."""
     from transformers.cache_utils import DynamicCache, DynamicLayer
 
     if getattr(model.generation_config, "cache_implementation", None):
@@ -42,7 +40,17 @@ def growing_cache(prefix_cache, model, reserve: int):
     cache = copy.copy(prefix_cache) if prefix_cache is not None else DynamicCache(config=model.config)
     if not cache.layers or not all(type(layer) is DynamicLayer for layer in cache.layers):
         return None
-    cache.layers = [growing_layer().like(layer, reserve) for layer in cache.layers]
+    return cache
+
+
+def growing_cache(prefix_cache, model, reserve: int):
+    """A cache for one `generate` batch whose layers grow in place, with room for `reserve` more
+    positions, continuing from the one-row `prefix_cache` (None: empty), which is only read: the
+    first update copies the prefix into each row of a new buffer, so there is no batch repeat
+    of it first. None where `batch_cache` is."""
+    cache = batch_cache(prefix_cache, model)
+    if cache is not None:
+        cache.layers = [growing_layer().like(layer, reserve) for layer in cache.layers]
     return cache
 
 

@@ -23,13 +23,12 @@
 from __future__ import annotations
 
 import collections
-import copy
 
 from ..cache import CallCache
 from ..progress import log
 from .base import Decoding, Generation, Request, Scoring, TokenizerModel, cut_at_stop, token_batches
 from .grammar import GrammarProcessor
-from .kv import copy_cache, dynamic_layer, growing_cache, growing_layer, row_buffers, shallow_copy, write_row
+from .kv import batch_cache, copy_cache, dynamic_layer, growing_cache, growing_layer, row_buffers, shallow_copy, write_row
 from .weights import _torch, trim_heap
 
 MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
@@ -169,15 +168,12 @@ class LocalModel(TokenizerModel):
         without GROW_IN_PLACE). None when there is nothing to prefill, or when the model's layers
         are not all full-attention `DynamicLayer`s or its generation config names a cache
         implementation of its own (the caller then prefills the batch as one)."""
-        from transformers.cache_utils import DynamicCache, DynamicLayer
+        from transformers.cache_utils import DynamicCache
 
         torch = _torch()
-        width = max(len(r) for r in rows)
-        total = prefix_len + width - 1  # positions cached: all but the rows' last tokens
-        if total == 0 or getattr(self.model.generation_config, "cache_implementation", None):
-            return None
-        cache = copy.copy(prefix_cache) if prefix_cache is not None else DynamicCache(config=self.model.config)
-        if not cache.layers or not all(type(layer) is DynamicLayer for layer in cache.layers):
+        total = prefix_len + max(len(r) for r in rows) - 1  # positions cached: all but the rows' last tokens
+        cache = batch_cache(prefix_cache, self.model) if total else None
+        if cache is None:
             return None
         room = reserve if GROW_IN_PLACE else 0
         buffers = None
