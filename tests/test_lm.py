@@ -143,6 +143,34 @@ def test_prompts_prefilled_row_by_row_give_the_same_answers(smol, monkeypatch, t
     assert len(filled) == 4 and all(cache is not None for cache in filled)  # 2 batches a call, on only
 
 
+def test_rows_packed_in_one_sequence_get_the_numbers_they_get_alone(smol, monkeypatch):
+    """Short rows computed together as one sequence (the default, PACK_TOKENS) against each row
+    in its own forward pass (PACK_TOKENS = 0): the batch's KV caches agree to float rounding and
+    the answers are the same, after a shared prefix and without one."""
+    import torch
+
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    with_prefix = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
+    answers, caches, passes = {}, {}, []
+    prefilled = LocalModel._prefilled_cache
+    monkeypatch.setattr(LocalModel, "_prefilled_cache", lambda self, *a: caches[budget].append(prefilled(self, *a)) or caches[budget][-1])
+    hook = smol.model.register_forward_pre_hook(lambda *_: passes.append(budget))
+    default = local.PACK_TOKENS
+    for budget in (default, 0):
+        monkeypatch.setattr(local, "PACK_TOKENS", budget)
+        caches[budget] = []
+        engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=4)
+        answers[budget] = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False)]
+        answers[budget] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12)]
+    hook.remove()
+    assert answers[default] == answers[0]
+    assert len(caches[default]) == len(caches[0]) == 2
+    for packed, alone in zip(caches[default], caches[0]):
+        for a, b in zip(packed.layers, alone.layers):
+            assert a.keys.shape == b.keys.shape and torch.allclose(a.keys, b.keys, atol=1e-4) and torch.allclose(a.values, b.values, atol=1e-4)
+    assert passes.count(default) < passes.count(0)  # fewer forward passes packed
+
+
 def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
     """generate then loglikelihood over the same prompts: the second call continues from the
     prefix KV cache the first computed, which the batches leave as it was; the numbers are those

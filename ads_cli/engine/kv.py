@@ -143,13 +143,46 @@ def row_buffers(layers, rows: int, positions: int) -> list[tuple]:
             for _ in layers]
 
 
-def write_row(buffers, row: int, layers, prefix_len: int, end: int) -> None:
+def write_row(buffers, row: int, layers, prefix_len: int, end: int, start: int | None = None, own: int | None = None) -> None:
     """Row `row` of the buffers gets a one-row cache's (`layers`: (keys, values) pairs) prefix at
-    the start and its own positions right before `end`; the positions between stay zero."""
+    the start and its own positions right before `end`; the positions between stay zero. The
+    row's own positions are the cache's `own` positions from `start` (default: all after the
+    prefix); a packed cache (`packed_mask`) holds several rows' one after the other."""
+    start = prefix_len if start is None else start
     for (kbuf, vbuf), (k, v) in zip(buffers, layers):
         if k is None or not k.numel():
             continue
-        own = k.shape[-2] - prefix_len
+        n = k.shape[-2] - start if own is None else own
         for buf, t in ((kbuf, k), (vbuf, v)):
             buf[row, :, :prefix_len].copy_(t[0, :, :prefix_len])
-            buf[row, :, end - own:end].copy_(t[0, :, prefix_len:])
+            buf[row, :, end - n:end].copy_(t[0, :, start:start + n])
+
+
+def packed_mask(prefix_len: int, lengths: list[int]):
+    """The attention mask of several rows computed as one sequence after a shared prefix of
+    `prefix_len` positions (their tokens one after the other, each row's positions counted from
+    the prefix): a token sees the prefix and its own row's tokens up to itself, nothing of the
+    other rows. Shape (1, 1, tokens, prefix + tokens), True where attention is allowed."""
+    from .weights import _torch
+
+    torch = _torch()
+    row = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    index = torch.arange(len(row))
+    own = (row[:, None] == row[None, :]) & (index[None, :] <= index[:, None])
+    mask = torch.cat([torch.ones(len(row), prefix_len, dtype=torch.bool), own], 1)
+    return mask[None, None]
+
+
+def packs(lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive indices of `lengths` grouped so that each group's lengths add up to at most
+    `budget` (a longer one alone)."""
+    groups: list[list[int]] = []
+    total = budget + 1
+    for i, n in enumerate(lengths):
+        if groups and total + n <= budget:
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups

@@ -1,8 +1,9 @@
 """The local engine: transformers on this machine's CPU, fp32.
 
 - `generate`: batched (sorted by length, left-padded, one `model.generate` per batch). Each
-  row's prompt is computed on its own first (no padding, no mask), and the batch's rows are
-  decoded together from there (`ROW_PREFILL`, `_prefilled_cache`). Greedy
+  row's prompt is computed on its own first (no padding; short rows packed into one sequence
+  where each sees only itself), and the batch's rows are decoded together from there
+  (`ROW_PREFILL`, `PACK_TOKENS`, `_prefilled_cache`). Greedy
   is deterministic; sampling draws each prompt's tokens from its own seeded generator, so a
   result does not depend on which batch the prompt fell in.
 - Shared-prefix reuse: when the prompts of a call share a long token prefix (the collected data
@@ -28,7 +29,8 @@ from ..cache import CallCache
 from ..progress import log
 from .base import Decoding, Generation, Request, Scoring, TokenizerModel, cut_at_stop, token_batches
 from .grammar import GrammarProcessor
-from .kv import batch_cache, copy_cache, dynamic_layer, growing_cache, growing_layer, row_buffers, shallow_copy, write_row
+from .kv import (batch_cache, copy_cache, dynamic_layer, growing_cache, growing_layer, packed_mask, packs, row_buffers, shallow_copy,
+                 write_row)
 from .weights import _torch, trim_heap
 
 MIN_SHARED_PREFIX = 64  # tokens; below this the copy of the KV cache costs more than it saves
@@ -40,6 +42,11 @@ GROW_IN_PLACE = True
 # generate computes each row's prompt on its own, then decodes the batch's rows together
 # (`_prefilled_cache`); the benchmark turns it off to prefill the left-padded batch as one
 ROW_PREFILL = True
+# rows whose prompts (all but their last tokens) add up to at most this many tokens are computed
+# together as one sequence, each seeing only the prefix and itself (`kv.packed_mask`): a forward
+# pass reads all the weights, so short rows after a shared prefix go one pass for several; 0: each
+# row alone
+PACK_TOKENS = 128
 
 
 class _SeededSampler:
@@ -161,8 +168,11 @@ class LocalModel(TokenizerModel):
 
         A row alone has no padding to compute and no mask to apply, and its activations stay in
         the processor's caches: prefill of 16 prompts of 173-384 tokens took 3.7 s row by row
-        against 7.3 s in left-padded batches. Its numbers are the ones the row gets alone, so
-        they do not depend on the other rows of its batch.
+        against 7.3 s in left-padded batches. Short rows (after a shared prefix, most of a
+        policy call's rows are a question of a few dozen tokens) go several to a forward pass,
+        one after the other in one sequence that each sees only the prefix and itself
+        (`PACK_TOKENS`, `kv.packed_mask`): a pass of a few tokens costs what reading the
+        weights costs, whatever its length.
 
         The cache's layers grow in place with room for `reserve` more positions (or concatenate,
         without GROW_IN_PLACE). None when there is nothing to prefill, or when the model's layers
@@ -178,16 +188,22 @@ class LocalModel(TokenizerModel):
         room = reserve if GROW_IN_PLACE else 0
         buffers = None
         with torch.inference_mode():
-            for b, row in enumerate(rows):
+            for pack in packs([len(r) - 1 for r in rows], PACK_TOKENS):
+                own = [rows[b][:-1] for b in pack]
                 past = shallow_copy(prefix_cache) if prefix_cache is not None else DynamicCache(config=self.model.config)
-                if len(row) > 1:
-                    positions = torch.arange(prefix_len, prefix_len + len(row) - 1).reshape(1, -1)
-                    past = self.model(input_ids=torch.tensor([row[:-1]]), position_ids=positions, cache=past, use_cache=True,
-                                      logits_to_keep=1).cache
+                if any(own):
+                    ids = [t for o in own for t in o]
+                    positions = torch.tensor([[prefix_len + j for o in own for j in range(len(o))]])
+                    mask = packed_mask(prefix_len, [len(o) for o in own]) if len(pack) > 1 else None
+                    past = self.model(input_ids=torch.tensor([ids]), position_ids=positions, attention_mask=mask, cache=past,
+                                      use_cache=True, logits_to_keep=1).cache
                 layers = [(layer.keys, layer.values) for layer in past.layers]
                 if buffers is None:
                     buffers = row_buffers(layers, len(rows), total + room)
-                write_row(buffers, b, layers, prefix_len, total)
+                start = prefix_len
+                for b, o in zip(pack, own):
+                    write_row(buffers, b, layers, prefix_len, total, start, len(o))
+                    start += len(o)
                 del past, layers
         cache.layers = [growing_layer().filled(kbuf, vbuf, total) if GROW_IN_PLACE else dynamic_layer(kbuf, vbuf)
                         for kbuf, vbuf in buffers]

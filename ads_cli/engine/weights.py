@@ -188,9 +188,9 @@ def resolve_model(source: str, cache_dir: Path, lock: Lock) -> tuple[str, str]:
 _LOADED: dict[tuple, tuple] = {}
 # The local engine's arithmetic, in the model id and so in every call-cache key: a change that
 # moves the last bits of its numbers (the order of a sum, a kernel) takes a new name, so a call
-# cache never mixes answers of two. "rows": each prompt prefilled on its own, the output layer
-# through oneDNN.
-ARITHMETIC = "rows"
+# cache never mixes answers of two. "packed": each prompt prefilled on its own, short ones
+# several to a forward pass (`local.PACK_TOKENS`), the output layer through oneDNN.
+ARITHMETIC = "packed"
 
 
 def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dtype: str = "fp32",
