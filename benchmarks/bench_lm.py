@@ -8,7 +8,8 @@
 3. Likelihood scoring: 16 (prompt, reference) pairs sharing one trajectory's prompt, in one
    call (shared prefix, batched) vs each pair on its own.
 4. The KV cache written in place against concatenated at every step, and the prompts computed
-   row by row against the padded batch at once (16 of the prompts each); the
+   row by row against the padded batch at once (16 of the prompts each); a trajectory's
+   questions after their shared prefix packed into one forward pass against each alone; the
    optimizer's constrained decoding against unconstrained, on its own prompts; a
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
    calls against computed in each.
@@ -58,7 +59,7 @@ def make_prompts(model: LocalModel, docs: list[dict], n: int, seed: int) -> list
 
 @contextlib.contextmanager
 def engine_setting(name: str, value):
-    """The local engine's module setting `name` (MIN_SHARED_PREFIX, KEPT_PREFIXES, GROW_IN_PLACE, ROW_PREFILL)
+    """The local engine's module setting `name` (MIN_SHARED_PREFIX, KEPT_PREFIXES, GROW_IN_PLACE, ROW_PREFILL, PACK_TOKENS)
     set to `value` for the block: the naive side of a comparison."""
     default = getattr(local_engine, name)
     setattr(local_engine, name, value)
@@ -130,15 +131,16 @@ def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
     return {"kept_prefix_vs_recomputed": ratio}
 
 
-def setting_off_and_on(model, prompts: list[str], new_tokens: int, setting: str, off: str, on: str) -> tuple[float, int]:
+def setting_off_and_on(model, prompts: list[str], new_tokens: int, setting: str, off: str, on: str, values=(False, True),
+                       chat: bool = True) -> tuple[float, int]:
     """Batched generation of the same prompts with the engine's `setting` off, then on (the
-    default): (off's time / on's, how many texts are identical)."""
+    default; `values` are the two): (off's time / on's, how many texts are identical)."""
     times, texts = {}, {}
-    for name, value in ((off, False), (on, True)):
+    for name, value in zip((off, on), values):
         model.cache = CallCache(None)
         model.forget_prefixes()
         with engine_setting(setting, value):
-            gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens))
+            gens, times[name] = timed(lambda: model.generate(prompts, max_new_tokens=new_tokens, chat=chat))
         texts[name] = [g.text for g in gens]
     same = sum(a == b for a, b in zip(texts[off], texts[on]))
     ratio = times[off] / times[on]
@@ -160,6 +162,16 @@ def row_prefill(model, prompts: list[str], new_tokens: int) -> dict:
     print(f"\nprefill, {len(prompts)} prompts batched, {new_tokens} new tokens:")
     ratio, same = setting_off_and_on(model, prompts, new_tokens, "ROW_PREFILL", "the padded batch at once", "row by row")
     return {"row_prefill_vs_batch": ratio, "row_prefill_identical_answers": same}
+
+
+def packed_prefill(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
+    """A trajectory's prompts answered, as `ads train` does: their questions after the shared
+    prefix computed several to a forward pass (PACK_TOKENS, the default) against each alone."""
+    prompts = list(dict.fromkeys(c for c, _ in pairs))
+    print(f"\n{len(prompts)} prompts of one trajectory after their shared prefix, {new_tokens} new tokens:")
+    ratio, same = setting_off_and_on(model, prompts, new_tokens, "PACK_TOKENS", "each row alone", "rows packed",
+                                     values=(0, local_engine.PACK_TOKENS), chat=False)
+    return {"packed_prefill_vs_alone": ratio, "packed_prefill_identical_answers": same}
 
 
 def constrained_cost(params: dict, model, docs_tasks: list[dict]) -> dict:
@@ -297,6 +309,7 @@ def main() -> None:
 
     figures |= in_place_kv(model, prompts[:16], args.new_tokens)
     figures |= row_prefill(model, prompts[:16], args.new_tokens)
+    figures |= packed_prefill(model, pairs, 32)
     figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]
