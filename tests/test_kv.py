@@ -20,7 +20,7 @@ def test_rows_are_right_aligned_after_their_prefix():
     for b, n in enumerate(own):
         layers = [one_row(prefix, n, layer) for layer in range(2)]
         buffers = buffers or row_buffers(layers, len(own), end + 4)
-        write_row(buffers, b, layers, 3, end)
+        write_row(buffers, b, layers, 3, end, start=3, own=n)
     assert len(buffers) == 2
     for layer, (k, v) in enumerate(buffers):
         assert k.shape == (3, 2, end + 4, 4)

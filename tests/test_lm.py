@@ -154,15 +154,17 @@ def test_rows_packed_in_one_sequence_get_the_numbers_they_get_alone(smol, monkey
     answers, caches, passes = {}, {}, []
     prefilled = LocalModel._prefilled_cache
     monkeypatch.setattr(LocalModel, "_prefilled_cache", lambda self, *a: caches[budget].append(prefilled(self, *a)) or caches[budget][-1])
-    hook = smol.model.register_forward_pre_hook(lambda *_: passes.append(budget))
+    hook = smol.model.register_forward_pre_hook(lambda *_: passes.append(budget))  # the model is shared: removed below
     default = local.PACK_TOKENS
-    for budget in (default, 0):
-        monkeypatch.setattr(local, "PACK_TOKENS", budget)
-        caches[budget] = []
-        engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=4)
-        answers[budget] = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False)]
-        answers[budget] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12)]
-    hook.remove()
+    try:
+        for budget in (default, 0):
+            monkeypatch.setattr(local, "PACK_TOKENS", budget)
+            caches[budget] = []
+            engine = LocalModel(smol.model, smol.tok, smol.model_id, smol.name, batch_size=4)
+            answers[budget] = [g.text for g in engine.generate(with_prefix, max_new_tokens=12, chat=False)]
+            answers[budget] += [g.text for g in engine.generate(QUESTIONS, max_new_tokens=12)]
+    finally:
+        hook.remove()
     assert answers[default] == answers[0]
     assert len(caches[default]) == len(caches[0]) == 2
     for packed, alone in zip(caches[default], caches[0]):

@@ -143,19 +143,17 @@ def row_buffers(layers, rows: int, positions: int) -> list[tuple]:
             for _ in layers]
 
 
-def write_row(buffers, row: int, layers, prefix_len: int, end: int, start: int | None = None, own: int | None = None) -> None:
+def write_row(buffers, row: int, layers, prefix_len: int, end: int, start: int, own: int) -> None:
     """Row `row` of the buffers gets a one-row cache's (`layers`: (keys, values) pairs) prefix at
     the start and its own positions right before `end`; the positions between stay zero. The
-    row's own positions are the cache's `own` positions from `start` (default: all after the
-    prefix); a packed cache (`packed_mask`) holds several rows' one after the other."""
-    start = prefix_len if start is None else start
+    row's own positions are the cache's `own` positions from `start`: a packed cache
+    (`packed_mask`) holds several rows' one after the other after the prefix."""
     for (kbuf, vbuf), (k, v) in zip(buffers, layers):
         if k is None or not k.numel():
             continue
-        n = k.shape[-2] - start if own is None else own
         for buf, t in ((kbuf, k), (vbuf, v)):
             buf[row, :, :prefix_len].copy_(t[0, :, :prefix_len])
-            buf[row, :, end - n:end].copy_(t[0, :, start:start + n])
+            buf[row, :, end - own:end].copy_(t[0, :, start:start + own])
 
 
 def packed_mask(prefix_len: int, lengths: list[int]):
