@@ -214,7 +214,7 @@ def validate(params: dict) -> dict:
     return params
 
 
-DTYPES = ("fp32", "int8")  # lm.dtype: how the local engine holds the weights
+DTYPES = ("fp32", "int8", "bf16")  # lm.dtype: how the local engine holds the weights
 GEMMS = ("onednn", "blas")  # lm.gemm: what multiplies by the fp32 weights of the linear layers
 
 
@@ -261,11 +261,12 @@ def _validate_backends(params: dict) -> None:
         if s["extra_body"].get("stream"):
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
     if params["lm"]["dtype"] not in DTYPES:
-        raise AdsError(f"params: lm.dtype must be {' or '.join(DTYPES)}, got {params['lm']['dtype']!r}")
+        raise AdsError(f"params: lm.dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {params['lm']['dtype']!r}")
     if params["lm"]["gemm"] not in GEMMS:
         raise AdsError(f"params: lm.gemm must be {' or '.join(GEMMS)}, got {params['lm']['gemm']!r}")
-    if params["lm"]["dtype"] == "int8" and uses_lora(params):
-        raise AdsError("params: lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights:"
+    if params["lm"]["dtype"] != "fp32" and uses_lora(params):
+        held = "quantized" if params["lm"]["dtype"] == "int8" else "in bfloat16"
+        raise AdsError(f"params: lm.dtype={params['lm']['dtype']} serves the models {held}, and LoRA fine-tunes fp32 weights:"
                        " set lm.dtype=fp32 with train.update=lora or train.optimizer_update=sft")
     if params["lm"]["policy_backend"] != "local" and params["train"]["update"] == "lora":
         raise AdsError("params: train.update=lora fine-tunes the policy's weights, which needs lm.policy_backend=local")

@@ -1,6 +1,7 @@
 """The server backend vs the local engine, on the same prompts in the same run.
 
     pip install -e '.[server]' && ads prepare && python benchmarks/bench_backend.py [--prompts 32] [--new-tokens 32]
+        [--set lm.dtype=bf16]
 
 Starts llama-cpp-python's OpenAI-compatible server on 127.0.0.1 with the packaged SmolLM2
 GGUF (all cores), sends the prompts through `engine.openai.OpenAIModel` at concurrency 1, 2, 4
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_lm import make_prompts
+from bench_lm import add_set_option, make_prompts
 
 from ads_cli.engine.roles import load_role
 from ads_cli.stages import serve
@@ -43,14 +44,15 @@ def main() -> None:
                          " later rows reuse the KV cache of the earlier rows' identical prompts")
     ap.add_argument("--json", type=Path, help="Also write the ratios to this JSON file: local_vs_server_c1, and with"
                                               " --base-url local_vs_llama_server (against the server's best concurrency)")
+    add_set_option(ap)
     args = ap.parse_args()
 
-    params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
+    params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local", *args.set])  # the engine, not the cache
     local = load_role(params, "policy")
     prompts = make_prompts(local, read_jsonl(Path("data/prepared/docs.jsonl")), args.prompts, args.seed)
     n_prompt = sum(local.count_tokens(local.render(p)) for p in prompts)
     print(f"{len(prompts)} chat prompts, {n_prompt} prompt tokens (mean {n_prompt / len(prompts):.0f}),"
-          f" {args.new_tokens} new tokens each, greedy, no call cache; {torch.get_num_threads()} threads")
+          f" {args.new_tokens} new tokens each, greedy, no call cache; {torch.get_num_threads()} threads, local {params['lm']['dtype']}")
 
     rows = []
     model = args.model or params["openai_policy"]["model"]

@@ -1,4 +1,5 @@
-"""The linear layers' matrix products: torch's BLAS (MKL) against oneDNN with pre-packed weights.
+"""The linear layers' matrix products: torch's BLAS (MKL) against oneDNN with pre-packed weights,
+fp32 (lm.gemm=onednn) and bfloat16 (lm.dtype=bf16).
 
     python benchmarks/bench_gemm.py [--repeats 10] [--json PATH]
 
@@ -7,7 +8,9 @@ at three row counts: a prefill batch (16 prompts of 300 tokens = 4,800 rows), a 
 of a 16-row batch, and a decoding step of one row; the output layer at the decoding steps. Each product runs with the engine's thread
 count, both ways in the same run, on the same random fp32 inputs: GFLOPS, the ratio, the
 largest relative difference, and whether a row's result is the same when computed alone as in
-the whole batch (what lets batched and one-at-a-time runs agree to the bit).
+the whole batch (what lets batched and one-at-a-time runs agree to the bit). The bfloat16 side
+is timed as the engine runs it: the input rounded to bfloat16, the output back to fp32; its
+ratio is to oneDNN's fp32, its difference to BLAS's.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     print(f"{torch.get_num_threads()} threads; torch {torch.__version__}")
-    print(f"{'rows':28}{'layer':20}{'blas GFLOPS':>12}{'onednn GFLOPS':>15}{'ratio':>8}{'max rel diff':>14}{'rows alone = batch':>20}")
+    print(f"{'rows':28}{'layer':20}{'blas GFLOPS':>12}{'onednn GFLOPS':>15}{'ratio':>8}{'max rel diff':>14}{'rows alone = batch':>20}"
+          f"{'bf16 GFLOPS':>13}{'vs onednn':>10}{'rel diff':>10}")
     figures = []
     for rows_name, m in ROWS:
         for layer, k, n in SHAPES + ([OUTPUT] if m <= 16 else []):
@@ -53,17 +57,22 @@ def main() -> None:
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
             blas = lambda x=x: torch.nn.functional.linear(x, w)  # noqa: E731
             onednn = lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
-            t_blas, t_onednn = seconds(blas, args.repeats), seconds(onednn, args.repeats)
+            packed_bf16 = torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), None)
+            bf16 = lambda x=x: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed_bf16, None, "none", [], "").float()  # noqa: E731
+            t_blas, t_onednn, t_bf16 = seconds(blas, args.repeats), seconds(onednn, args.repeats), seconds(bf16, args.repeats)
             flops = 2 * m * k * n
             y_blas, y_onednn = blas(), onednn()
             rel = float((y_blas - y_onednn).abs().max() / y_blas.abs().max())
             alone = {name: all(torch.equal(f(x[i:i + 1]), y[i:i + 1]) for i in range(min(m, 4)))
                      for name, f, y in (("blas", blas, y_blas), ("onednn", onednn, y_onednn))}
             row = {"rows": m, "in": k, "out": n, "blas_gflops": flops / t_blas / 1e9, "onednn_gflops": flops / t_onednn / 1e9,
-                   "onednn_vs_blas": t_blas / t_onednn, "max_rel_diff": rel, "row_alone_equal": alone}
+                   "onednn_vs_blas": t_blas / t_onednn, "max_rel_diff": rel, "row_alone_equal": alone,
+                   "bf16_gflops": flops / t_bf16 / 1e9, "bf16_vs_onednn": t_onednn / t_bf16,
+                   "bf16_max_rel_diff": float((y_blas - bf16()).abs().max() / y_blas.abs().max())}
             figures.append(row)
             print(f"{rows_name:28}{layer:20}{row['blas_gflops']:12.0f}{row['onednn_gflops']:15.0f}{row['onednn_vs_blas']:7.2f}x"
-                  f"{rel:14.1e}{'blas ' + ('yes' if alone['blas'] else 'no') + ', onednn ' + ('yes' if alone['onednn'] else 'no'):>20}")
+                  f"{rel:14.1e}{'blas ' + ('yes' if alone['blas'] else 'no') + ', onednn ' + ('yes' if alone['onednn'] else 'no'):>20}"
+                  f"{row['bf16_gflops']:13.0f}{row['bf16_vs_onednn']:9.2f}x{row['bf16_max_rel_diff']:10.1e}")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures -> {args.json}")

@@ -1,6 +1,7 @@
 """The LM engine on the default model: naive vs batched generation, warm cache, shared prefix.
 
-    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only] [--int8] [--json PATH]
+    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only] [--int8] [--bf16]
+        [--set lm.dtype=bf16] [--json PATH]
 
 1. 64 chat prompts of 150-400 tokens (Wikipedia summaries to summarise), 64 new tokens each:
    one prompt at a time (naive) vs batched; then the batched run again with the cache warm.
@@ -14,7 +15,8 @@
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
    calls against computed in each.
 5. The engine's oneDNN linear layers (lm.gemm=onednn, the default) against torch's BLAS
-   (lm.gemm=blas) on the same pairs and prompts; with --int8, lm.dtype=int8 against fp32.
+   (lm.gemm=blas) on the same pairs and prompts; with --int8 or --bf16, that lm.dtype against
+   fp32. `--set lm.dtype=bf16` runs the whole benchmark on bfloat16 instead.
 6. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
    all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
 """
@@ -67,6 +69,11 @@ def engine_setting(name: str, value):
         yield
     finally:
         setattr(local_engine, name, default)
+
+
+def add_set_option(ap: argparse.ArgumentParser, more: str = "") -> None:
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="A params override for the whole benchmark, e.g. lm.dtype=bf16 (repeatable)." + more)
 
 
 def timed(fn):
@@ -207,6 +214,11 @@ def other_engine(params_path: str, override: str, pairs, prompts, new_tokens: in
     params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", override])
     other = load_role(params, "policy")
     other.cache = CallCache(None)
+    # the default engine is timed after many calls; this one's first calls would pay its kernels'
+    # creation and its buffers' first page faults inside the timing, so the same work runs once first
+    other.loglikelihood(pairs)
+    other.generate(prompts[:2], max_new_tokens=4)
+    other.forget_prefixes()
     values, t_score = timed(lambda: other.loglikelihood(pairs))
     gens, t_gen = timed(lambda: other.generate(prompts, max_new_tokens=new_tokens))
     bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
@@ -230,23 +242,25 @@ def gemm_comparison(params_path: str, pairs, prompts, new_tokens: int, ours_scor
 def weight_bytes(model: LocalModel) -> int:
     """The bytes of the model's weights: its parameters and the oneDNN layers' packed weights
     (kept outside the parameters)."""
-    from ads_cli.engine.weights import _packed_linear_class
+    from ads_cli.engine.linear import _packed_linear_class
 
-    packed = sum(m.in_features * m.out_features * 4 for m in model.model.modules() if isinstance(m, _packed_linear_class()))
+    packed = sum(m.weight_bytes for m in model.model.modules() if isinstance(m, _packed_linear_class()))
     return packed + sum(p.numel() * p.element_size() for p in model.model.parameters())
 
 
-def int8_comparison(params_path: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
-    """lm.dtype=int8 against fp32 on the same pairs and prompts: scoring and batched generation
-    speed, the largest likelihood difference in bits per byte, and identical answers."""
-    int8 = other_engine(params_path, "lm.dtype=int8", pairs, prompts, new_tokens, fp32_scoring, fp32_batched)
-    t_score, t_gen = int8["score_s"], int8["generate_s"]
-    print("\nint8 (dynamic quantization of the linear layers) vs fp32, same pairs and prompts:")
+def dtype_comparison(params_path: str, dtype: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
+    """lm.dtype=`dtype` (int8 or bf16) against fp32 on the same pairs and prompts: scoring and
+    batched generation speed, the largest likelihood difference in bits per byte, and identical
+    answers."""
+    other = other_engine(params_path, f"lm.dtype={dtype}", pairs, prompts, new_tokens, fp32_scoring, fp32_batched)
+    t_score, t_gen = other["score_s"], other["generate_s"]
+    what = {"int8": "dynamic quantization of the linear layers", "bf16": "the decoder's linear layers in bfloat16"}[dtype]
+    print(f"\n{dtype} ({what}) vs fp32, same pairs and prompts:")
     print(f"  scoring {fp32_scoring['shared_s']:.2f}s -> {t_score:.2f}s: {fp32_scoring['shared_s'] / t_score:.2f}x;"
           f" batched generation {fp32_batched['seconds']:.2f}s -> {t_gen:.2f}s: {fp32_batched['seconds'] / t_gen:.2f}x")
-    print(f"  largest likelihood difference {int8['bpb_diff']:.4f} bits per byte; identical answers {int8['same']}")
-    return {"int8_vs_fp32": fp32_scoring["shared_s"] / t_score, "int8_generation_vs_fp32": fp32_batched["seconds"] / t_gen,
-            "int8_max_abs_bpb_diff": int8["bpb_diff"], "int8_identical_answers": int8["same"]}
+    print(f"  largest likelihood difference {other['bpb_diff']:.4f} bits per byte; identical answers {other['same']}")
+    return {f"{dtype}_vs_fp32": fp32_scoring["shared_s"] / t_score, f"{dtype}_generation_vs_fp32": fp32_batched["seconds"] / t_gen,
+            f"{dtype}_max_abs_bpb_diff": other["bpb_diff"], f"{dtype}_identical_answers": other["same"]}
 
 
 def main() -> None:
@@ -257,10 +271,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scoring-only", action="store_true", help="Only the likelihood-scoring comparison (a minute).")
     ap.add_argument("--int8", action="store_true", help="Also compare lm.dtype=int8 with fp32 (loads a second model).")
+    ap.add_argument("--bf16", action="store_true", help="Also compare lm.dtype=bf16 with fp32 (loads a second model).")
+    add_set_option(ap, " The comparisons with fp32 and BLAS run only when lm.dtype is fp32.")
     ap.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     args = ap.parse_args()
 
-    params = params_mod.load(args.params, ["lm.cache=false", "lm.policy_backend=local"])  # measure the engine, not the cache
+    overrides = ["lm.cache=false", "lm.policy_backend=local", *args.set]  # measure the engine, not the cache
+    params = params_mod.load(args.params, overrides)
     model = load_role(params, "policy")
     docs = read_jsonl(Path("data/prepared/docs.jsonl"))
     pairs = scoring_pairs(model, docs, args.seed)
@@ -271,7 +288,8 @@ def main() -> None:
         return
     prompts = make_prompts(model, docs, args.prompts, args.seed)
     n_prompt = sum(model.count_tokens(model.render(p)) for p in prompts)
-    print(f"model {params['lm']['policy']}, {torch.get_num_threads()} threads, batch size {model.batch_size}")
+    dtype = params["lm"]["dtype"]
+    print(f"model {params['lm']['policy']}, {dtype}, {torch.get_num_threads()} threads, batch size {model.batch_size}")
     print(f"{len(prompts)} prompts, {n_prompt} prompt tokens (mean {n_prompt / len(prompts):.0f}), {args.new_tokens} new tokens each, greedy")
 
     model.cache = CallCache(None)
@@ -314,19 +332,21 @@ def main() -> None:
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]
     figures |= kept_prefix(model, pairs, 32)
-    figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the fp32 engine alone
+    figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the engine alone
 
     n_bytes = weight_bytes(model)
     bw = bandwidth_gb_s()
-    print(f"\npeak RSS of the fp32 engine {figures['peak_rss_gib'] * 1024:.0f} MiB (before the bandwidth probe's 1 GiB of buffers)")
-    print(f"weights {n_bytes / 1e6:.0f} MB (fp32), copy bandwidth {bw:.1f} GB/s ->"
+    print(f"\npeak RSS of the {dtype} engine {figures['peak_rss_gib'] * 1024:.0f} MiB (before the bandwidth probe's 1 GiB of buffers)")
+    print(f"weights {n_bytes / 1e6:.0f} MB ({dtype}), copy bandwidth {bw:.1f} GB/s ->"
           f" batch-1 decode bound {bw * 1e9 / n_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
-    fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
-    if params["lm"]["gemm"] == "onednn":
-        figures |= gemm_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
-    if args.int8:
-        figures |= int8_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
-    write_figures(args.json, figures)
+    if dtype == "fp32":
+        fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
+        if params["lm"]["gemm"] == "onednn":
+            figures |= gemm_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
+        for other in ("int8", "bf16"):
+            if getattr(args, other):
+                figures |= dtype_comparison(args.params, other, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
+    write_figures(args.json, figures | {"settings": args.set} if args.set else figures)
 
 
 def fp32_generate(model, prompts, new_tokens):

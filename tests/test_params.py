@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -30,7 +32,7 @@ def test_set_overrides_parse_yaml_scalars(tmp_path):
     ("prepare.n_test=abc", "prepare.n_test must be int"),
     ("lm.cache=3", "lm.cache must be bool"),
     ("prepare.min_english_share=2", "between 0 and 1"),
-    ("lm.dtype=fp16", "lm.dtype must be fp32 or int8"),
+    ("lm.dtype=fp16", "lm.dtype must be fp32, int8 or bf16"),
     ("lm.gemm=mkl", "lm.gemm must be onednn or blas, got 'mkl'"),
     ("lm.batch_tokens=-1", "lm.batch_tokens must be >= 0, got -1"),
     ("evaluate.tie_epsilon_likelihood=-0.1", "evaluate.tie_epsilon_likelihood must be >= 0"),
@@ -64,7 +66,18 @@ def test_missing_and_malformed_params_files(tmp_path):
         params_mod.load(bad)
 
 
-def test_int8_refuses_lora_in_one_line():
+def test_bf16_on_a_cpu_without_its_kernels_is_one_line(monkeypatch):
+    from ads_cli.engine import linear, weights
+
+    monkeypatch.setattr(linear, "bf16_supported", lambda: False)
+    with pytest.raises(AdsError, match="lm.dtype: bf16 multiplies through oneDNN's bfloat16 kernels, which this CPU") as e:
+        weights.load_weights("model.gguf", Path("cache"), None, dtype="bf16")
+    assert "\n" not in str(e.value)
+
+
+def test_int8_and_bf16_refuse_lora_in_one_line():
     for setting in ("train.update=lora", "train.optimizer_update=sft"):
         with pytest.raises(AdsError, match="lm.dtype=int8 serves the models quantized, and LoRA fine-tunes fp32 weights"):
             params_mod.load(REPO / "params.yaml", ["lm.dtype=int8", setting])
+        with pytest.raises(AdsError, match="lm.dtype=bf16 serves the models in bfloat16, and LoRA fine-tunes fp32 weights"):
+            params_mod.load(REPO / "params.yaml", ["lm.dtype=bf16", setting])

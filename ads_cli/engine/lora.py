@@ -129,7 +129,7 @@ def with_adapter(optimizer: Model, adapter: Path) -> Model:
         return optimizer
     if not isinstance(optimizer, LocalModel):
         raise AdsError(f"{adapter}: a LoRA adapter trained with optimizer_update=sft needs lm.optimizer_backend=local")
-    if optimizer.model_id.endswith(":int8"):
+    if optimizer.model_id.endswith((":int8", ":bf16")):
         raise AdsError(f"{adapter}: a LoRA adapter (optimizer_update=sft) applies to fp32 weights: set lm.dtype=fp32,"
                        f" or remove the adapter")
     if optimizer.model_id.endswith(":onednn"):

@@ -199,107 +199,41 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
     optimizer naming the same source share the weights.
 
     `dtype` int8: the linear layers are quantized dynamically (int8 weights, activations
-    quantized per batch at run time; torch.ao's quantize_dynamic). `gemm` onednn (fp32 only):
-    the decoder's linear layers multiply through oneDNN with pre-packed weights
-    (`pack_linear_layers`) instead of torch's BLAS. The digest says which, so that answers of
-    different arithmetic never mix in the call cache (and `ARITHMETIC` names the engine's).
+    quantized per batch at run time; torch.ao's quantize_dynamic). bf16: the decoder's linear
+    layers hold bfloat16 weights and multiply through oneDNN in bfloat16 (`BF16`); the rest
+    stays fp32. `gemm` onednn (fp32): the decoder's linear layers multiply through oneDNN with
+    pre-packed weights (`linear.pack_linear_layers`) instead of torch's BLAS. The digest says which, so
+    that answers of different arithmetic never mix in the call cache (and `ARITHMETIC` names
+    the engine's).
     """
     if dtype not in DTYPES:
-        raise AdsError(f"lm.dtype: expected {' or '.join(DTYPES)}, got {dtype!r}")
+        raise AdsError(f"lm.dtype: expected {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {dtype!r}")
     if gemm not in GEMMS:
         raise AdsError(f"lm.gemm: expected {' or '.join(GEMMS)}, got {gemm!r}")
     torch = _torch()
+    from . import linear
+
+    if dtype == "bf16" and not linear.bf16_supported():
+        raise AdsError("lm.dtype: bf16 multiplies through oneDNN's bfloat16 kernels, which this CPU or torch build lacks"
+                       " (it needs AVX-512 or AMX); set lm.dtype=fp32")
     torch.set_num_threads(threads or os.cpu_count() or 1)
     release_large_frees()
     target, digest = resolve_model(source, Path(cache_dir).expanduser(), lock)
     if dtype == "int8" or not torch.backends.mkldnn.is_available():
         gemm = "blas"  # int8 has its own kernels; a torch built without oneDNN has only its BLAS
+    if dtype == "bf16":
+        gemm = "onednn"  # bfloat16 has only oneDNN's kernels here
     key = (target, digest, dtype, gemm)
     if key not in _LOADED:
         model, tokenizer = _load_fp32(source, target)
         if dtype == "int8":
-            model = quantize_int8(model)  # in place: one copy of the weights
+            model = linear.quantize_int8(model)  # in place: one copy of the weights
         elif gemm == "onednn":
-            pack_linear_layers(model)  # in place: one copy of the weights
+            linear.pack_linear_layers(model, bf16=dtype == "bf16")  # in place: one copy of the weights
         _LOADED[key] = (model, tokenizer)
     model, tokenizer = _LOADED[key]
-    suffix = ":int8" if dtype == "int8" else ":onednn" if gemm == "onednn" else ""
+    suffix = {"int8": ":int8", "bf16": ":bf16"}.get(dtype, ":onednn" if gemm == "onednn" else "")
     return model, tokenizer, f"{digest}:{ARITHMETIC}{suffix}"
-
-
-# torch multiplies fp32 matrices with its BLAS, here Intel's MKL, which on this AMD CPU runs a
-# path without AVX-512. oneDNN, which torch also ships, with the weights re-laid out once for
-# it, measured 2.3x MKL's speed on the prefill's shapes (383-432 GFLOPS on 2 cores), 1.25-2.8x
-# on a 16-row decoding step and 0.8-1.6x on one row (benchmarks/bench_gemm.py; bench_lm.py
-# compares whole runs). A rerun gives the same bits. The sums run in another order, so the
-# numbers differ from MKL's in the last bits (about 1e-6 relative).
-def pack_linear_layers(model) -> int:
-    """Replace the decoder's `nn.Linear` layers by oneDNN ones holding the weights pre-packed,
-    in place (the plain weights are freed: one copy stays). Inference only: the packed layers
-    have no gradient, so LoRA, which trains through them, loads the weights with `blas`.
-    The output layer is packed as well. Returns how many layers were replaced."""
-    torch = _torch()
-    replaced = 0
-    for layer in model.model.layers:
-        for name, child in list(layer.named_modules()):
-            if type(child) is torch.nn.Linear:
-                parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-                setattr(parent, name.rpartition(".")[2], _packed_linear_class()(child))
-                replaced += 1
-    # The output layer too: its weights are the token embeddings', which the embedding's lookup
-    # reads, so they stay and the packed copy is 113 MB more. A decoding step's logits for 16
-    # rows took 15 ms with BLAS, 3.3 ms packed (1 row: 7.6 and 2.7 ms), a quarter of the step.
-    head = model.get_output_embeddings()
-    if type(head) is torch.nn.Linear:
-        model.set_output_embeddings(_packed_linear_class()(head))
-        replaced += 1
-    # The loader maps the safetensors file, and the weights are views of that mapping, which
-    # stays whole (and in RSS, once read for packing) while any view lives: the rest (the
-    # embeddings, the norms) get memory of their own, so the mapping goes. Measured: RSS after
-    # loading 1,230 MiB without this, 932 MiB with it (blas, all weights read: 927 MiB).
-    with torch.no_grad():
-        for p in model.parameters():
-            p.data = p.data.clone()
-    return replaced
-
-
-@functools.cache
-def _packed_linear_class():
-    torch = _torch()
-
-    class PackedLinear(torch.nn.Module):
-        """y = x W^T + b through oneDNN, with W in the layout oneDNN chose for it (opaque: kept as
-        a plain attribute, not a parameter or buffer, so nothing iterates over it)."""
-
-        def __init__(self, linear):
-            super().__init__()
-            self.in_features, self.out_features = linear.in_features, linear.out_features
-            with torch.no_grad():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-            self.bias = None if linear.bias is None else linear.bias.detach()
-
-        def forward(self, x):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-
-        def _save_to_state_dict(self, destination, prefix, keep_vars):
-            # the packed weights cannot be saved, and a model saved without them would load as noise
-            raise RuntimeError("a model with oneDNN-packed linear layers cannot be saved: load it with lm.gemm=blas")
-
-        def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN"
-
-    return PackedLinear
-
-
-def quantize_int8(model):
-    import warnings
-
-    torch = _torch()
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, which CPU-only torch lacks
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _load_fp32(source: str, target: str):
@@ -313,6 +247,9 @@ def _load_fp32(source: str, target: str):
     except OSError as e:  # hub unreachable, missing files: the user's to fix
         raise AdsError(f"model {source!r}: cannot load ({str(e).splitlines()[0]})") from None
     model.eval()
+    from .attention import use_grouped_sdpa
+
+    use_grouped_sdpa(model)  # masked grouped heads without copying them (`engine/attention.py`)
     tokenizer.padding_side = "left"
     return model, tokenizer
 
