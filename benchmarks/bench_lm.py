@@ -13,7 +13,8 @@
    questions after their shared prefix packed into one forward pass against each alone; the
    optimizer's constrained decoding against unconstrained, on its own prompts; a
    trajectory's prompts answered then scored, with the prefix KV cache kept between the two
-   calls against computed in each.
+   calls against computed in each; the scoring with the engine's grouped-head attention against
+   transformers' SDPA.
 5. The engine's oneDNN linear layers (lm.gemm=onednn, the default) against torch's BLAS
    (lm.gemm=blas) on the same pairs and prompts; with --int8 or --bf16, that lm.dtype against
    fp32. `--set lm.dtype=bf16` runs the whole benchmark on bfloat16 instead.
@@ -29,6 +30,7 @@ import json
 import math
 import random
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +119,32 @@ def scoring(model, pairs: list[tuple[str, str]]) -> dict:
     print(f"  each pair on its own {t_separate:.2f}s, shared prefix + batched {t_shared:.2f}s: {t_separate / t_shared:.1f}x;"
           f" max |difference| {diff:.2e} nats")
     return {"ratio": t_separate / t_shared, "shared_s": t_shared, "values": shared}
+
+
+def grouped_attention(model, pairs: list[tuple[str, str]], rounds: int = 3) -> dict:
+    """Likelihood scoring of the pairs with the engine's attention (a padded batch's grouped heads
+    as they are, `engine/attention.py`) against transformers' SDPA (which repeats them first),
+    alternating, `rounds` each: the median times, and whether the scores are the same bits."""
+    from ads_cli.engine import attention
+
+    times: dict[str, list[float]] = {"sdpa": [], attention.NAME: []}
+    scores = {}
+    model.cache = CallCache(None)
+    try:
+        for _ in range(rounds):
+            for name in times:
+                model.model.set_attn_implementation(name)
+                model.forget_prefixes()
+                scores[name], t = timed(lambda: model.loglikelihood(pairs))
+                times[name].append(t)
+    finally:
+        model.model.set_attn_implementation(attention.NAME)
+    repeated, grouped = statistics.median(times["sdpa"]), statistics.median(times[attention.NAME])
+    same = scores["sdpa"] == scores[attention.NAME]
+    print(f"\nscoring the same {len(pairs)} pairs, attention of the padded batch, median of {rounds}:")
+    print(f"  transformers' SDPA (key/value heads repeated) {repeated:.2f}s, grouped heads as they are {grouped:.2f}s:"
+          f" {repeated / grouped:.2f}x; identical scores: {same}")
+    return {"grouped_attention_vs_repeated": repeated / grouped, "grouped_attention_identical_scores": same}
 
 
 def kept_prefix(model, pairs: list[tuple[str, str]], new_tokens: int) -> dict:
@@ -331,6 +359,7 @@ def main() -> None:
     figures |= constrained_cost(params, model, read_jsonl(Path("data/prepared/tasks_train.jsonl")))
     fp32_scoring = scoring(model, pairs)
     figures["scoring_shared_vs_separate"] = fp32_scoring["ratio"]
+    figures |= grouped_attention(model, pairs)
     figures |= kept_prefix(model, pairs, 32)
     figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the engine alone
 
