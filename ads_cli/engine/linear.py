@@ -14,9 +14,11 @@ import functools
 # compares whole runs). A rerun gives the same bits. The sums run in another order, so the
 # numbers differ from MKL's in the last bits (about 1e-6 relative).
 #
-# lm.dtype=bf16: this CPU (AMD Zen 4) multiplies bfloat16 through oneDNN at twice its fp32 rate
-# (AVX-512 BF16: 417-434 against 209-222 GFLOPS on the prefill's shapes, 1.5x on a 16-row decoding
-# step, the same on one row; benchmarks/bench_gemm.py), and the weights are half the bytes to read.
+# lm.dtype=bf16: this CPU (AMD Zen 4, AVX-512 BF16) multiplies bfloat16 through oneDNN at up to
+# twice its fp32 rate (benchmarks/bench_gemm.py, one run: 347-411 against 209-221 GFLOPS on the
+# prefill's shapes, 0.9-1.6x on a 16-row decoding step, 0.8-1.2x on one row), and the weights
+# are half the bytes to read. A product's output is rounded to bfloat16, so a row's numbers
+# depend on the batch it is in (bench_lm --set lm.dtype=bf16: up to 0.2 nats), unlike fp32's.
 # Only the decoder's linear layers: each rounds its input and its weights to bfloat16 (8 bits of
 # mantissa) and its output goes back to fp32, so the residual stream, the norms, attention and
 # the output layer stay fp32. On 64 scoring pairs the likelihoods moved by 0.004 bits per byte
