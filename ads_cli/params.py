@@ -218,6 +218,11 @@ DTYPES = ("fp32", "int8", "bf16")  # lm.dtype: how the local engine holds the we
 GEMMS = ("onednn", "blas")  # lm.gemm: what multiplies by the fp32 weights of the linear layers
 
 
+def one_of(values: tuple[str, ...]) -> str:
+    """The allowed values spelled out for an error message: "a, b or c"."""
+    return f"{', '.join(values[:-1])} or {values[-1]}"
+
+
 def uses_lora(params: dict) -> bool:
     """Whether training fine-tunes weights with LoRA (the policy's `lora` update, the optimizer's `sft`)."""
     return params["train"]["update"] == "lora" or params["train"]["optimizer_update"] == "sft"
@@ -261,9 +266,9 @@ def _validate_backends(params: dict) -> None:
         if s["extra_body"].get("stream"):
             raise AdsError(f"params: {section}.extra_body: streaming is not supported (the backend reads whole answers)")
     if params["lm"]["dtype"] not in DTYPES:
-        raise AdsError(f"params: lm.dtype must be {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {params['lm']['dtype']!r}")
+        raise AdsError(f"params: lm.dtype must be {one_of(DTYPES)}, got {params['lm']['dtype']!r}")
     if params["lm"]["gemm"] not in GEMMS:
-        raise AdsError(f"params: lm.gemm must be {' or '.join(GEMMS)}, got {params['lm']['gemm']!r}")
+        raise AdsError(f"params: lm.gemm must be {one_of(GEMMS)}, got {params['lm']['gemm']!r}")
     if params["lm"]["dtype"] != "fp32" and uses_lora(params):
         held = "quantized" if params["lm"]["dtype"] == "int8" else "in bfloat16"
         raise AdsError(f"params: lm.dtype={params['lm']['dtype']} serves the models {held}, and LoRA fine-tunes fp32 weights:"

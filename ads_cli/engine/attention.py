@@ -22,6 +22,7 @@ NAME = "ads_sdpa"
 @functools.cache
 def register() -> str:
     """Register the attention under NAME with transformers (its masks are SDPA's); returns NAME."""
+    import torch
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
@@ -29,8 +30,6 @@ def register() -> str:
     def forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
         grouped = getattr(module, "num_key_value_groups", 1) > 1
         if grouped and attention_mask is not None and query.shape[2] > 1 and kwargs.get("position_bias") is None:
-            import torch
-
             out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                                                    scale=scaling, enable_gqa=True)
             return out.transpose(1, 2).contiguous(), None

@@ -17,7 +17,7 @@ from typing import Any
 from ..cache import call_key
 from ..errors import AdsError
 from ..jsonl import sha256_file
-from ..params import DTYPES, GEMMS
+from ..params import DTYPES, GEMMS, one_of
 from ..progress import log
 from ..sources import HfSource, LocalSource, Lock, extract_file, parse, require_hub
 
@@ -200,16 +200,16 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
 
     `dtype` int8: the linear layers are quantized dynamically (int8 weights, activations
     quantized per batch at run time; torch.ao's quantize_dynamic). bf16: the decoder's linear
-    layers hold bfloat16 weights and multiply through oneDNN in bfloat16 (`BF16`); the rest
+    layers hold bfloat16 weights and multiply through oneDNN in bfloat16 (`engine/linear.py`); the rest
     stays fp32. `gemm` onednn (fp32): the decoder's linear layers multiply through oneDNN with
     pre-packed weights (`linear.pack_linear_layers`) instead of torch's BLAS. The digest says which, so
     that answers of different arithmetic never mix in the call cache (and `ARITHMETIC` names
     the engine's).
     """
     if dtype not in DTYPES:
-        raise AdsError(f"lm.dtype: expected {', '.join(DTYPES[:-1])} or {DTYPES[-1]}, got {dtype!r}")
+        raise AdsError(f"lm.dtype: expected {one_of(DTYPES)}, got {dtype!r}")
     if gemm not in GEMMS:
-        raise AdsError(f"lm.gemm: expected {' or '.join(GEMMS)}, got {gemm!r}")
+        raise AdsError(f"lm.gemm: expected {one_of(GEMMS)}, got {gemm!r}")
     torch = _torch()
     from . import linear
 
