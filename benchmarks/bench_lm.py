@@ -235,11 +235,12 @@ def bits_per_byte(values: list[float], pairs: list[tuple[str, str]]) -> list[flo
     return [v / math.log(2) / len(r.encode("utf-8")) for v, (_, r) in zip(values, pairs)]
 
 
-def other_engine(params_path: str, override: str, pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
-    """The policy loaded with one lm setting changed (`override`), on the same pairs and prompts
-    as the default engine: its scoring and batched-generation seconds, its largest likelihood
+def other_engine(params_path: str, overrides: list[str], override: str, pairs, prompts, new_tokens: int, ours_scoring: dict,
+                 ours_batched: dict) -> dict:
+    """The policy loaded with the benchmark's `overrides` and one lm setting more (`override`), on
+    the same pairs and prompts as the benchmark's engine: its scoring and batched-generation seconds, its largest likelihood
     difference from the default's in bits per byte, and how many answers are identical."""
-    params = params_mod.load(params_path, ["lm.cache=false", "lm.policy_backend=local", override])
+    params = params_mod.load(params_path, [*overrides, override])
     other = load_role(params, "policy")
     other.cache = CallCache(None)
     # the default engine is timed after many calls; this one's first calls would pay its kernels'
@@ -254,10 +255,10 @@ def other_engine(params_path: str, override: str, pairs, prompts, new_tokens: in
     return {"score_s": t_score, "generate_s": t_gen, "bpb_diff": bpb_diff, "same": f"{same}/{len(prompts)}"}
 
 
-def gemm_comparison(params_path: str, pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
+def gemm_comparison(params_path: str, overrides: list[str], pairs, prompts, new_tokens: int, ours_scoring: dict, ours_batched: dict) -> dict:
     """lm.gemm=blas (torch's BLAS, the engine before oneDNN) against the default oneDNN layers on
     the same pairs and prompts: speed, the largest likelihood difference, identical answers."""
-    blas = other_engine(params_path, "lm.gemm=blas", pairs, prompts, new_tokens, ours_scoring, ours_batched)
+    blas = other_engine(params_path, overrides, "lm.gemm=blas", pairs, prompts, new_tokens, ours_scoring, ours_batched)
     t_score, t_gen = blas["score_s"], blas["generate_s"]
     print(f"\nlinear layers through oneDNN (lm.gemm=onednn) vs torch's BLAS (blas), same pairs and {len(prompts)} prompts:")
     print(f"  scoring blas {t_score:.2f}s, onednn {ours_scoring['shared_s']:.2f}s: {t_score / ours_scoring['shared_s']:.2f}x;"
@@ -276,11 +277,12 @@ def weight_bytes(model: LocalModel) -> int:
     return packed + sum(p.numel() * p.element_size() for p in model.model.parameters())
 
 
-def dtype_comparison(params_path: str, dtype: str, pairs, prompts, new_tokens: int, fp32_scoring: dict, fp32_batched: dict) -> dict:
+def dtype_comparison(params_path: str, overrides: list[str], dtype: str, pairs, prompts, new_tokens: int, fp32_scoring: dict,
+                     fp32_batched: dict) -> dict:
     """lm.dtype=`dtype` (int8 or bf16) against fp32 on the same pairs and prompts: scoring and
     batched generation speed, the largest likelihood difference in bits per byte, and identical
     answers."""
-    other = other_engine(params_path, f"lm.dtype={dtype}", pairs, prompts, new_tokens, fp32_scoring, fp32_batched)
+    other = other_engine(params_path, overrides, f"lm.dtype={dtype}", pairs, prompts, new_tokens, fp32_scoring, fp32_batched)
     t_score, t_gen = other["score_s"], other["generate_s"]
     what = {"int8": "dynamic quantization of the linear layers", "bf16": "the decoder's linear layers in bfloat16"}[dtype]
     print(f"\n{dtype} ({what}) vs fp32, same pairs and prompts:")
@@ -371,10 +373,10 @@ def main() -> None:
     if dtype == "fp32":
         fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
         if params["lm"]["gemm"] == "onednn":
-            figures |= gemm_comparison(args.params, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
+            figures |= gemm_comparison(args.params, overrides, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
         for other in ("int8", "bf16"):
             if getattr(args, other):
-                figures |= dtype_comparison(args.params, other, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
+                figures |= dtype_comparison(args.params, overrides, other, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
     write_figures(args.json, figures | {"settings": args.set} if args.set else figures)
 
 
