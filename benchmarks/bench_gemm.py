@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from ads_cli.engine.linear import bf16_supported
+
 SHAPES = [("q_proj, o_proj", 576, 576), ("k_proj, v_proj", 576, 192), ("gate_proj, up_proj", 576, 1536), ("down_proj", 1536, 576)]
 ROWS = [("prefill, 16 x 300 tokens", 4800), ("decoding step, 16 rows", 16), ("decoding step, 1 row", 1)]
 # the output layer (the tied embeddings, 49,152 tokens) runs on the rows whose logits are kept: a
@@ -47,9 +49,11 @@ def main() -> None:
         raise SystemExit("error: --repeats must be >= 1")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    print(f"{torch.get_num_threads()} threads; torch {torch.__version__}")
-    print(f"{'rows':28}{'layer':20}{'blas GFLOPS':>12}{'onednn GFLOPS':>15}{'ratio':>8}{'max rel diff':>14}{'rows alone = batch':>20}"
-          f"{'bf16 GFLOPS':>13}{'vs onednn':>10}{'rel diff':>10}")
+    with_bf16 = bf16_supported()
+    print(f"{torch.get_num_threads()} threads; torch {torch.__version__}"
+          + ("" if with_bf16 else "; no bf16 column: oneDNN has no bfloat16 kernels on this CPU"))
+    print(f"{'rows':28}{'layer':20}{'blas GFLOPS':>12}{'onednn GFLOPS':>15}{'ratio':>8}{'max rel diff':>14}{'rows alone = batch':>22}"
+          + (f"{'bf16 GFLOPS':>13}{'vs onednn':>10}{'rel diff':>10}" if with_bf16 else ""))
     figures = []
     for rows_name, m in ROWS:
         for layer, k, n in SHAPES + ([OUTPUT] if m <= 16 else []):
@@ -57,22 +61,25 @@ def main() -> None:
             packed = torch.ops.mkldnn._reorder_linear_weight(w, None)
             blas = lambda x=x: torch.nn.functional.linear(x, w)  # noqa: E731
             onednn = lambda x=x: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # noqa: E731
-            packed_bf16 = torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), None)
-            bf16 = lambda x=x: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed_bf16, None, "none", [], "").float()  # noqa: E731
-            t_blas, t_onednn, t_bf16 = seconds(blas, args.repeats), seconds(onednn, args.repeats), seconds(bf16, args.repeats)
+            t_blas, t_onednn = seconds(blas, args.repeats), seconds(onednn, args.repeats)
             flops = 2 * m * k * n
             y_blas, y_onednn = blas(), onednn()
             rel = float((y_blas - y_onednn).abs().max() / y_blas.abs().max())
             alone = {name: all(torch.equal(f(x[i:i + 1]), y[i:i + 1]) for i in range(min(m, 4)))
                      for name, f, y in (("blas", blas, y_blas), ("onednn", onednn, y_onednn))}
             row = {"rows": m, "in": k, "out": n, "blas_gflops": flops / t_blas / 1e9, "onednn_gflops": flops / t_onednn / 1e9,
-                   "onednn_vs_blas": t_blas / t_onednn, "max_rel_diff": rel, "row_alone_equal": alone,
-                   "bf16_gflops": flops / t_bf16 / 1e9, "bf16_vs_onednn": t_onednn / t_bf16,
-                   "bf16_max_rel_diff": float((y_blas - bf16()).abs().max() / y_blas.abs().max())}
+                   "onednn_vs_blas": t_blas / t_onednn, "max_rel_diff": rel, "row_alone_equal": alone}
+            line = (f"{rows_name:28}{layer:20}{row['blas_gflops']:12.0f}{row['onednn_gflops']:15.0f}{row['onednn_vs_blas']:7.2f}x"
+                    f"{rel:14.1e}{'blas ' + ('yes' if alone['blas'] else 'no') + ', onednn ' + ('yes' if alone['onednn'] else 'no'):>22}")
+            if with_bf16:
+                packed_bf16 = torch.ops.mkldnn._reorder_linear_weight(w.bfloat16(), None)
+                bf16 = lambda x=x: torch.ops.mkldnn._linear_pointwise(x.bfloat16(), packed_bf16, None, "none", [], "").float()  # noqa: E731
+                t_bf16 = seconds(bf16, args.repeats)
+                row |= {"bf16_gflops": flops / t_bf16 / 1e9, "bf16_vs_onednn": t_onednn / t_bf16,
+                        "bf16_max_rel_diff": float((y_blas - bf16()).abs().max() / y_blas.abs().max())}
+                line += f"{row['bf16_gflops']:13.0f}{row['bf16_vs_onednn']:9.2f}x{row['bf16_max_rel_diff']:10.1e}"
             figures.append(row)
-            print(f"{rows_name:28}{layer:20}{row['blas_gflops']:12.0f}{row['onednn_gflops']:15.0f}{row['onednn_vs_blas']:7.2f}x"
-                  f"{rel:14.1e}{'blas ' + ('yes' if alone['blas'] else 'no') + ', onednn ' + ('yes' if alone['onednn'] else 'no'):>20}"
-                  f"{row['bf16_gflops']:13.0f}{row['bf16_vs_onednn']:9.2f}x{row['bf16_max_rel_diff']:10.1e}")
+            print(line)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures -> {args.json}")
