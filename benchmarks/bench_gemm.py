@@ -10,7 +10,10 @@ count, both ways in the same run, on the same random fp32 inputs: GFLOPS, the ra
 largest relative difference, and whether a row's result is the same when computed alone as in
 the whole batch (what lets batched and one-at-a-time runs agree to the bit). The bfloat16 side
 is timed as the engine runs it: the input rounded to bfloat16, the output back to fp32; its
-ratio is to oneDNN's fp32, its difference to BLAS's.
+ratio is to oneDNN's fp32, its difference to BLAS's (a CPU without oneDNN's bfloat16 kernels
+has no bf16 column). Then the engine's fused products (`linear.FUSED`): q, k and v as one
+product against three, gate and up as one against two, and whether each layer's columns are the
+bits of its own product.
 """
 
 from __future__ import annotations
@@ -38,6 +41,31 @@ def seconds(f, repeats: int) -> float:
     for _ in range(repeats):
         f()
     return (time.perf_counter() - started) / repeats
+
+
+def fused_products(repeats: int) -> list[dict]:
+    """The engine's layers that read the same input (`linear.FUSED`: q, k and v; gate and up) as
+    one oneDNN product against one product each, at each row count: time, and whether each
+    layer's columns are the bits of its own product."""
+    from ads_cli.engine.linear import FUSED, _packed_product_class
+
+    product = _packed_product_class()
+    sizes = {"q_proj": 576, "k_proj": 192, "v_proj": 192, "gate_proj": 1536, "up_proj": 1536}
+    print(f"\n{'rows':28}{'layers':34}{'one each (us)':>14}{'as one (us)':>12}{'ratio':>8}{'same bits':>10}")
+    figures = []
+    for rows_name, m in ROWS:
+        for group in FUSED:
+            linears = [torch.nn.Linear(576, sizes[name], bias=False) for name in group]
+            fused, alone = product(linears, torch.float32), [product([linear], torch.float32) for linear in linears]
+            x = torch.randn(m, 576)
+            t_alone = seconds(lambda: [p(x, 0) for p in alone], repeats)
+            t_fused = seconds(lambda: [fused(x, part) for part in range(len(group))], repeats)
+            x = torch.randn(m, 576)  # a new input: the product is computed again, not reused
+            same = all(fused(x, part).equal(p(x, 0)) for part, p in enumerate(alone))
+            figures.append({"rows": m, "fused": ", ".join(group), "separate_us": t_alone * 1e6, "fused_us": t_fused * 1e6,
+                            "fused_vs_separate": t_alone / t_fused, "same_bits": same})
+            print(f"{rows_name:28}{', '.join(group):34}{t_alone * 1e6:14.0f}{t_fused * 1e6:12.0f}{t_alone / t_fused:7.2f}x{str(same):>10}")
+    return figures
 
 
 def main() -> None:
@@ -80,6 +108,7 @@ def main() -> None:
                 line += f"{row['bf16_gflops']:13.0f}{row['bf16_vs_onednn']:9.2f}x{row['bf16_max_rel_diff']:10.1e}"
             figures.append(row)
             print(line)
+    figures += fused_products(args.repeats)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
         print(f"figures -> {args.json}")

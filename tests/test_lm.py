@@ -201,6 +201,40 @@ def test_grouped_attention_gives_the_bits_of_transformers_sdpa(smol):
     assert all(a.equal(b) for a, b in zip(logits[attention.NAME], logits["sdpa"]))
 
 
+def test_fused_projections_give_the_bits_of_the_layers_packed_one_by_one(smol):
+    """q, k and v (and gate and up) of each layer multiply as one oneDNN product
+    (`linear.FUSED`); against the same weights packed one layer at a time, every logit of a
+    generate call (rows packed after a shared prefix, decoding steps of several rows and of one)
+    and every likelihood of a padded scoring batch are the same bits."""
+    import copy
+
+    from ads_cli.engine import linear
+
+    attention, mlp = smol.model.model.layers[0].self_attn, smol.model.model.layers[0].mlp
+    assert attention.q_proj.product is attention.k_proj.product is attention.v_proj.product is not attention.o_proj.product
+    assert mlp.gate_proj.product is mlp.up_proj.product is not mlp.down_proj.product
+    plain, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), gemm="blas")
+    separate = copy.deepcopy(plain)
+    assert linear.pack_linear_layers(separate, fuse=False) == 7 * separate.config.num_hidden_layers + 1
+    assert len({id(m.product) for m in separate.modules() if isinstance(m, linear._packed_linear_class())}) == 7 * separate.config.num_hidden_layers + 1
+    context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
+    prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
+    pairs = [(p, ref) for p in prompts for ref in ("Paris", "William Shakespeare")]
+    logits, scores = {}, {}
+    for name, model in (("fused", smol.model), ("separate", separate)):
+        logits[name] = []
+        hook = model.get_output_embeddings().register_forward_hook(lambda m, a, out: logits[name].append(out.clone()))
+        try:
+            engine = LocalModel(model, tokenizer, digest, SMOLLM2, batch_size=3)  # no call cache; a batch of 3 and one of 1
+            engine.generate(prompts, max_new_tokens=6, chat=False)
+            scores[name] = engine.loglikelihood(pairs)
+        finally:
+            hook.remove()
+    assert scores["fused"] == scores["separate"]
+    assert len(logits["fused"]) == len(logits["separate"]) > 12
+    assert all(a.equal(b) for a, b in zip(logits["fused"], logits["separate"]))
+
+
 def test_a_prefix_kept_between_calls_gives_the_same_numbers(smol):
     """generate then loglikelihood over the same prompts: the second call continues from the
     prefix KV cache the first computed, which the batches leave as it was; the numbers are those

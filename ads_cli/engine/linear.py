@@ -6,15 +6,19 @@ environment set (`weights._torch`), so this module imports torch only inside its
 from __future__ import annotations
 
 import functools
+import itertools
 
-# torch multiplies fp32 matrices with its BLAS, here Intel's MKL, which on this AMD CPU runs a
+# torch multiplies fp32 matrices with its BLAS, here Intel's MKL, which on an AMD CPU runs a
 # path without AVX-512. oneDNN, which torch also ships, with the weights re-laid out once for
-# it, measured 2.3x MKL's speed on the prefill's shapes (383-432 GFLOPS on 2 cores), 1.25-2.8x
-# on a 16-row decoding step and 0.8-1.6x on one row (benchmarks/bench_gemm.py; bench_lm.py
-# compares whole runs). A rerun gives the same bits. The sums run in another order, so the
-# numbers differ from MKL's in the last bits (about 1e-6 relative).
+# it, measured on an AMD Zen 4 (AVX-512) 2.3x MKL's speed on the prefill's shapes (383-432
+# GFLOPS on 2 cores), 1.25-2.8x on a 16-row decoding step and 0.8-1.6x on one row; on a Zen 3
+# (AVX2 only) 1.0-1.1x on the prefill's shapes (about 120 GFLOPS), 0.9-3.5x on 16 rows, and
+# slower than MKL on one row but for the output layer (benchmarks/bench_gemm.py; bench_lm.py
+# compares whole runs: 1.15x on batched generation on the Zen 3). A row's numbers are the same
+# bits alone as in a batch, which MKL's are not. The sums run in another order, so the numbers
+# differ from MKL's in the last bits (about 1e-6 relative).
 #
-# lm.dtype=bf16: this CPU (AMD Zen 4, AVX-512 BF16) multiplies bfloat16 through oneDNN at up to
+# lm.dtype=bf16: a CPU with AVX-512 BF16 (AMD Zen 4) multiplies bfloat16 through oneDNN at up to
 # twice its fp32 rate (benchmarks/bench_gemm.py, one run: 347-411 against 209-221 GFLOPS on the
 # prefill's shapes, 0.9-1.6x on a 16-row decoding step, 0.8-1.2x on one row), and the weights
 # are half the bytes to read. A product's output is rounded to bfloat16, so a row's numbers
@@ -30,26 +34,44 @@ def bf16_supported() -> bool:
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pack_linear_layers(model, bf16: bool = False) -> int:
+# The projections of a layer that read the same input are multiplied as one product, their weights
+# stacked: a small product (a decoding step) pays oneDNN's fixed cost per call, so q, k and v took
+# 1.4x less time as one product than as three at 16 rows, 2.6x less at one row (gate and up: 1.06x
+# and 1.4x; benchmarks/bench_gemm.py, an AVX2 machine). Each layer's columns of the product are
+# the bits of its own product: oneDNN sums each output over the inputs in the same order whatever
+# the number of outputs (tests/test_lm.py checks the engine's answers and likelihoods against
+# the layers packed one by one).
+FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def pack_linear_layers(model, bf16: bool = False, fuse: bool = True) -> int:
     """Replace the decoder's `nn.Linear` layers by oneDNN ones holding the weights pre-packed,
     in place (the plain weights are freed: one copy stays); with `bf16`, the decoder's weights
-    in bfloat16 (lm.dtype=bf16). Inference only: the packed layers have no gradient, so LoRA,
-    which trains through them, loads the weights with `blas`. The output layer is packed as
-    well, in fp32. Returns how many layers were replaced."""
+    in bfloat16 (lm.dtype=bf16); with `fuse`, the layers of each `FUSED` group share one product.
+    Inference only: the packed layers have no gradient, so LoRA, which trains through them,
+    loads the weights with `blas`. The output layer is packed as well, in fp32. Returns how many
+    layers were replaced."""
     import torch
+    packed_linear, product = _packed_linear_class(), _packed_product_class()
+    dtype = torch.bfloat16 if bf16 else torch.float32
     replaced = 0
     for layer in model.model.layers:
-        for name, child in list(layer.named_modules()):
-            if type(child) is torch.nn.Linear:
-                parent = layer.get_submodule(name.rpartition(".")[0]) if "." in name else layer
-                setattr(parent, name.rpartition(".")[2], _packed_linear_class()(child, bf16))
-                replaced += 1
+        for parent in list(layer.modules()):
+            plain = {name: child for name, child in parent.named_children() if type(child) is torch.nn.Linear}
+            groups = [group for group in FUSED if fuse and all(name in plain for name in group)] if plain else []
+            groups += [(name,) for name in plain if not any(name in group for group in groups)]
+            for group in groups:
+                linears = [plain[name] for name in group]
+                shared = product(linears, dtype)
+                for part, (name, linear) in enumerate(zip(group, linears)):
+                    setattr(parent, name, packed_linear(linear, bf16, shared, part))
+                    replaced += 1
     # The output layer too: its weights are the token embeddings', which the embedding's lookup
     # reads, so they stay and the packed copy is 113 MB more. A decoding step's logits for 16
     # rows took 15 ms with BLAS, 3.3 ms packed (1 row: 7.6 and 2.7 ms), a quarter of the step.
     head = model.get_output_embeddings()
     if type(head) is torch.nn.Linear:
-        model.set_output_embeddings(_packed_linear_class()(head))
+        model.set_output_embeddings(packed_linear(head))
         replaced += 1
     # The loader maps the safetensors file, and the weights are views of that mapping, which
     # stays whole (and in RSS, once read for packing) while any view lives: the rest (the
@@ -62,26 +84,60 @@ def pack_linear_layers(model, bf16: bool = False) -> int:
 
 
 @functools.cache
+def _packed_product_class():
+    import torch
+
+    class PackedProduct:
+        """x W^T + b through oneDNN for one or more linear layers that read the same input, their
+        weights stacked and packed once (opaque to torch: a plain attribute). The first of its
+        layers called with an input computes all their outputs; each layer takes its own columns,
+        and the product is let go once every layer has had its share. In `dtype` (float32 or
+        bfloat16: the input is rounded to it and the output goes back to the input's dtype)."""
+
+        def __init__(self, linears, dtype):
+            self.dtype = dtype
+            with torch.no_grad():
+                weight = torch.cat([linear.weight.detach() for linear in linears]).to(dtype)
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+                biases = [torch.zeros(m.out_features) if m.bias is None else m.bias.detach() for m in linears]
+                self.bias = None if all(m.bias is None for m in linears) else torch.cat(biases).to(dtype)
+            ends = list(itertools.accumulate(linear.out_features for linear in linears))
+            self.columns = [slice(start, end) for start, end in zip([0, *ends], ends)]
+            self._input = self._output = None
+            self._left = 0
+
+        def __call__(self, x, part: int):
+            if x is not self._input:
+                y = torch.ops.mkldnn._linear_pointwise(x if x.dtype == self.dtype else x.to(self.dtype), self.packed, self.bias,
+                                                       "none", [], "")
+                self._input, self._output, self._left = x, y if y.dtype == x.dtype else y.to(x.dtype), len(self.columns)
+            out = self._output if len(self.columns) == 1 else self._output[..., self.columns[part]]
+            self._left -= 1
+            if not self._left:  # every layer has its share: hold neither the input nor the product
+                self._input = self._output = None
+            return out
+
+    return PackedProduct
+
+
+@functools.cache
 def _packed_linear_class():
     import torch
 
     class PackedLinear(torch.nn.Module):
-        """y = x W^T + b through oneDNN, with W in the layout oneDNN chose for it (opaque: kept as
-        a plain attribute, not a parameter or buffer, so nothing iterates over it). With `bf16`,
-        W and b are held in bfloat16, x is rounded to it and y comes back in x's dtype."""
+        """A linear layer whose y = x W^T + b is its columns of a `PackedProduct`: its own, or
+        one shared with the layers of its `FUSED` group. With `bf16`, W and b are held in
+        bfloat16, x is rounded to it and y comes back in x's dtype."""
 
-        def __init__(self, linear, bf16: bool = False):
+        def __init__(self, linear, bf16: bool = False, product=None, part: int = 0):
             super().__init__()
             self.in_features, self.out_features = linear.in_features, linear.out_features
             self.dtype = torch.bfloat16 if bf16 else linear.weight.dtype
-            with torch.no_grad():
-                self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().to(self.dtype), None)
-            self.bias = None if linear.bias is None else linear.bias.detach().to(self.dtype)
+            self.product = product or _packed_product_class()([linear], self.dtype)
+            self.part = part
 
         def forward(self, x):
-            if x.dtype == self.dtype:
-                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-            return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [], "").to(x.dtype)
+            return self.product(x, self.part)
 
         @property
         def weight_bytes(self) -> int:
@@ -92,7 +148,8 @@ def _packed_linear_class():
             raise RuntimeError("a model with oneDNN-packed linear layers cannot be saved: load it with lm.gemm=blas")
 
         def extra_repr(self) -> str:
-            return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN, {self.dtype}"
+            shared = len(self.product.columns) > 1
+            return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN, {self.dtype}" + (", fused" if shared else "")
 
     return PackedLinear
 
