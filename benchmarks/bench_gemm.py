@@ -11,9 +11,9 @@ largest relative difference, and whether a row's result is the same when compute
 the whole batch (what lets batched and one-at-a-time runs agree to the bit). The bfloat16 side
 is timed as the engine runs it: the input rounded to bfloat16, the output back to fp32; its
 ratio is to oneDNN's fp32, its difference to BLAS's (a CPU without oneDNN's bfloat16 kernels
-has no bf16 column). Then the engine's fused products (`linear.FUSED`): q, k and v as one
-product against three, gate and up as one against two, and whether each layer's columns are the
-bits of its own product.
+has no bf16 column). Then fused products: q, k and v as one product against three, gate and up
+as one against two, whether each layer's columns are the bits of its own product, and which
+the engine fuses (`linear.FUSED`).
 """
 
 from __future__ import annotations
@@ -44,17 +44,17 @@ def seconds(f, repeats: int) -> float:
 
 
 def fused_products(repeats: int) -> list[dict]:
-    """The engine's layers that read the same input (`linear.FUSED`: q, k and v; gate and up) as
-    one oneDNN product against one product each, at each row count: time, and whether each
-    layer's columns are the bits of its own product."""
+    """Layers that read the same input (q, k and v; gate and up) as one oneDNN product against
+    one product each, at each row count: time, whether each layer's columns are the bits of its
+    own product, and whether the engine fuses them (`linear.FUSED`)."""
     from ads_cli.engine.linear import FUSED, _packed_product_class
 
     product = _packed_product_class()
     sizes = {"q_proj": 576, "k_proj": 192, "v_proj": 192, "gate_proj": 1536, "up_proj": 1536}
-    print(f"\n{'rows':28}{'layers':34}{'one each (us)':>14}{'as one (us)':>12}{'ratio':>8}{'same bits':>10}")
+    print(f"\n{'rows':28}{'layers':34}{'one each (us)':>14}{'as one (us)':>12}{'ratio':>8}{'same bits':>10}{'engine fuses':>14}")
     figures = []
     for rows_name, m in ROWS:
-        for group in FUSED:
+        for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
             linears = [torch.nn.Linear(576, sizes[name], bias=False) for name in group]
             fused, alone = product(linears, torch.float32), [product([linear], torch.float32) for linear in linears]
             x = torch.randn(m, 576)
@@ -63,8 +63,9 @@ def fused_products(repeats: int) -> list[dict]:
             x = torch.randn(m, 576)  # a new input: the product is computed again, not reused
             same = all(fused(x, part).equal(p(x, 0)) for part, p in enumerate(alone))
             figures.append({"rows": m, "fused": ", ".join(group), "separate_us": t_alone * 1e6, "fused_us": t_fused * 1e6,
-                            "fused_vs_separate": t_alone / t_fused, "same_bits": same})
-            print(f"{rows_name:28}{', '.join(group):34}{t_alone * 1e6:14.0f}{t_fused * 1e6:12.0f}{t_alone / t_fused:7.2f}x{str(same):>10}")
+                            "fused_vs_separate": t_alone / t_fused, "same_bits": same, "engine_fuses": group in FUSED})
+            print(f"{rows_name:28}{', '.join(group):34}{t_alone * 1e6:14.0f}{t_fused * 1e6:12.0f}{t_alone / t_fused:7.2f}x{str(same):>10}"
+                  f"{'yes' if group in FUSED else 'no':>14}")
     return figures
 
 

@@ -202,8 +202,7 @@ def test_grouped_attention_gives_the_bits_of_transformers_sdpa(smol):
 
 
 def test_fused_projections_give_the_bits_of_the_layers_packed_one_by_one(smol):
-    """q, k and v (and gate and up) of each layer multiply as one oneDNN product
-    (`linear.FUSED`); against the same weights packed one layer at a time, every logit of a
+    """q, k and v of each layer multiply as one oneDNN product (`linear.FUSED`); against the same weights packed one layer at a time, every logit of a
     generate call (rows packed after a shared prefix, decoding steps of several rows and of one)
     and every likelihood of a padded scoring batch are the same bits."""
     import copy
@@ -212,7 +211,7 @@ def test_fused_projections_give_the_bits_of_the_layers_packed_one_by_one(smol):
 
     attention, mlp = smol.model.model.layers[0].self_attn, smol.model.model.layers[0].mlp
     assert attention.q_proj.product is attention.k_proj.product is attention.v_proj.product is not attention.o_proj.product
-    assert mlp.gate_proj.product is mlp.up_proj.product is not mlp.down_proj.product
+    assert len({id(mlp.gate_proj.product), id(mlp.up_proj.product), id(mlp.down_proj.product)}) == 3
     plain, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), gemm="blas")
     separate = copy.deepcopy(plain)
     assert linear.pack_linear_layers(separate, fuse=False) == 7 * separate.config.num_hidden_layers + 1

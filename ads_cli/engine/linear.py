@@ -36,12 +36,14 @@ def bf16_supported() -> bool:
 
 # The projections of a layer that read the same input are multiplied as one product, their weights
 # stacked: a small product (a decoding step) pays oneDNN's fixed cost per call, so q, k and v took
-# 1.4x less time as one product than as three at 16 rows, 2.6x less at one row (gate and up: 1.06x
-# and 1.4x; benchmarks/bench_gemm.py, an AVX2 machine). Each layer's columns of the product are
-# the bits of its own product: oneDNN sums each output over the inputs in the same order whatever
-# the number of outputs (tests/test_lm.py checks the engine's answers and likelihoods against
-# the layers packed one by one).
-FUSED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# 1.18x less time as one product than as three at 16 rows, 2.7x less at one row, and the same at
+# a prompt's hundreds of rows (benchmarks/bench_gemm.py, a Zen 3). Gate and up are not fused:
+# 1.05x and 1.28x at 16 rows and one, but 0.80-0.94x from a few hundred rows up, which prompts
+# and scoring batches are. Each layer's columns of the product are the bits of its own product:
+# oneDNN sums each output over the inputs in the same order whatever the number of outputs
+# (tests/test_lm.py checks the engine's answers and likelihoods against the layers packed one
+# by one).
+FUSED = (("q_proj", "k_proj", "v_proj"),)
 
 
 def pack_linear_layers(model, bf16: bool = False, fuse: bool = True) -> int:
