@@ -22,7 +22,7 @@ a side `notrim` is the default engine without `malloc_trim` after a batch (the d
 a side `blas` is the default engine with torch's BLAS (the default until oneDNN came);
 a side `batchprefill` is the default engine with each batch's prompts computed as one padded batch
 (the default until row-by-row prefill came).
-Two more memory policies, measured and not adopted (README): `mmapt:N`, the default with glibc's
+Two more memory policies, measured and not adopted (docs/benchmarks_history.md): `mmapt:N`, the default with glibc's
 trim threshold fixed at N MiB too; `trim:N`, glibc's own mmap threshold, and after each batch the
 heap's free pages handed back (`malloc_trim`) when the RSS is above N MiB.
 """
