@@ -202,9 +202,10 @@ def test_grouped_attention_gives_the_bits_of_transformers_sdpa(smol):
 
 
 def test_fused_projections_give_the_bits_of_the_layers_packed_one_by_one(smol):
-    """q, k and v of each layer multiply as one oneDNN product (`linear.FUSED`); against the same weights packed one layer at a time, every logit of a
-    generate call (rows packed after a shared prefix, decoding steps of several rows and of one)
-    and every likelihood of a padded scoring batch are the same bits."""
+    """q, k and v of each layer multiply as one oneDNN product (`linear.FUSED`); against the same
+    weights packed one layer at a time, every logit of a generate call (rows packed after a
+    shared prefix, decoding steps of several rows and of one) and every likelihood of a padded
+    scoring batch are the same bits."""
     import copy
 
     from ads_cli.engine import linear
@@ -215,7 +216,8 @@ def test_fused_projections_give_the_bits_of_the_layers_packed_one_by_one(smol):
     plain, tokenizer, digest = load_weights(SMOLLM2, CACHE_DIR, Lock(REPO / "sources.lock.json"), gemm="blas")
     separate = copy.deepcopy(plain)
     assert linear.pack_linear_layers(separate, fuse=False) == 7 * separate.config.num_hidden_layers + 1
-    assert len({id(m.product) for m in separate.modules() if isinstance(m, linear._packed_linear_class())}) == 7 * separate.config.num_hidden_layers + 1
+    products = {id(m.product) for m in separate.modules() if isinstance(m, linear._packed_linear_class())}
+    assert len(products) == 7 * separate.config.num_hidden_layers + 1  # one each
     context = "Context: " + " ".join(f"Fact {i}: the sky is blue and grass is green." for i in range(20)) + "\n"
     prompts = [f"{context}Question: {q}\nAnswer:" for q in QUESTIONS]
     pairs = [(p, ref) for p in prompts for ref in ("Paris", "William Shakespeare")]

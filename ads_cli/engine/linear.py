@@ -12,9 +12,9 @@ import itertools
 # path without AVX-512. oneDNN, which torch also ships, with the weights re-laid out once for
 # it, measured on an AMD Zen 4 (AVX-512) 2.3x MKL's speed on the prefill's shapes (383-432
 # GFLOPS on 2 cores), 1.25-2.8x on a 16-row decoding step and 0.8-1.6x on one row; on a Zen 3
-# (AVX2 only) 1.0-1.1x on the prefill's shapes (about 120 GFLOPS), 0.9-3.5x on 16 rows, and
+# (AVX2 only) 1.0-1.1x on the prefill's shapes (about 120-140 GFLOPS), 0.7-3.5x on 16 rows, and
 # slower than MKL on one row but for the output layer (benchmarks/bench_gemm.py; bench_lm.py
-# compares whole runs: 1.15x on batched generation on the Zen 3). A row's numbers are the same
+# compares whole runs: 1.15-1.23x on batched generation on the Zen 3). A row's numbers are the same
 # bits alone as in a batch, which MKL's are not. The sums run in another order, so the numbers
 # differ from MKL's in the last bits (about 1e-6 relative).
 #
@@ -94,7 +94,8 @@ def _packed_product_class():
         weights stacked and packed once (opaque to torch: a plain attribute). The first of its
         layers called with an input computes all their outputs; each layer takes its own columns,
         and the product is let go once every layer has had its share. In `dtype` (float32 or
-        bfloat16: the input is rounded to it and the output goes back to the input's dtype)."""
+        bfloat16: the input is rounded to it and the output goes back to the input's dtype).
+        It keeps the last input, so one forward pass at a time: the engine runs one."""
 
         def __init__(self, linears, dtype):
             self.dtype = dtype
