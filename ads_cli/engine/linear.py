@@ -60,7 +60,7 @@ def pack_linear_layers(model, bf16: bool = False, fuse: bool = True) -> int:
     for layer in model.model.layers:
         for parent in list(layer.modules()):
             plain = {name: child for name, child in parent.named_children() if type(child) is torch.nn.Linear}
-            groups = [group for group in FUSED if fuse and all(name in plain for name in group)] if plain else []
+            groups = [group for group in FUSED if fuse and all(name in plain for name in group)]
             groups += [(name,) for name in plain if not any(name in group for group in groups)]
             for group in groups:
                 linears = [plain[name] for name in group]

@@ -53,10 +53,11 @@ def _torch():
 # system when freed. By default the threshold grows, up to 32 MiB, with each such block freed,
 # so the engine's large, short-lived buffers (a batch's repeated prefix KV cache, its logits)
 # end up in the heap, which keeps its peak. Measured on the default `ads train --iter 2`, cold,
-# byte-identical outputs (benchmarks/bench_train.py, docs/benchmarks_history.md): glibc's policy peaked at 2.02 GiB;
-# fixed at 1 MiB, 1.57 GiB but 13 % slower (every per-layer activation is a fresh mmap, faulted
-# in page by page); fixed at 8 MiB, 1.75 GiB at glibc's speed; with huge pages (HUGE_PAGES),
-# 1.67-1.68 GiB and 6-10 % faster than the code before the engine's changes.
+# byte-identical outputs (benchmarks/bench_train.py, docs/benchmarks_history.md): glibc's
+# policy peaked at 2.02 GiB; fixed at 1 MiB, 1.57 GiB but 13 % slower (every per-layer
+# activation is a fresh mmap, faulted in page by page); fixed at 8 MiB, 1.75 GiB at glibc's
+# speed; with huge pages (HUGE_PAGES), 1.67-1.68 GiB and 6-10 % faster than the code before the
+# engine's changes.
 MMAP_THRESHOLD = 8 << 20
 
 
