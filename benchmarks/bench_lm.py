@@ -1,6 +1,6 @@
 """The LM engine on the default model: naive vs batched generation, warm cache, shared prefix.
 
-    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only] [--int8] [--bf16]
+    ads prepare && python benchmarks/bench_lm.py [--prompts 64] [--new-tokens 64] [--scoring-only] [--no-int8] [--bf16]
         [--set lm.dtype=bf16] [--json PATH]
 
 1. 64 chat prompts of 150-400 tokens (Wikipedia summaries to summarise), 64 new tokens each:
@@ -16,10 +16,11 @@
    calls against computed in each; the scoring with the engine's grouped-head attention against
    transformers' SDPA.
 5. The engine's oneDNN linear layers (lm.gemm=onednn, the default) against torch's BLAS
-   (lm.gemm=blas) on the same pairs and prompts; with --int8 or --bf16, that lm.dtype against
-   fp32. `--set lm.dtype=bf16` runs the whole benchmark on bfloat16 instead.
-6. Peak RSS, and the memory-bandwidth bound on batch-1 decoding: every generated token reads
-   all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
+   (lm.gemm=blas) on the same pairs and prompts; lm.dtype=int8 (unless --no-int8) and, with
+   --bf16, lm.dtype=bf16 against fp32. `--set lm.dtype=bf16` runs the whole benchmark on bfloat16 instead.
+6. Peak RSS (of the engine; and of the whole run, where each compared engine is loaded after the
+   one before is dropped), and the memory-bandwidth bound on batch-1 decoding: every generated
+   token reads all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from ads_cli.engine import local as local_engine
+from ads_cli.engine import local as local_engine, weights
 from ads_cli.engine.local import LocalModel
 from ads_cli.engine.roles import load_role
 from ads_cli.method.policy import example_messages
@@ -84,7 +85,8 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def bandwidth_gb_s(size_mb: int = 512, repeats: int = 5) -> float:
+def bandwidth_gb_s(size_mb: int = 256, repeats: int = 5) -> float:
+    """Copy bandwidth over two buffers of `size_mb` (far larger than the caches)."""
     src = torch.ones(size_mb * 2**20 // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -252,6 +254,8 @@ def other_engine(params_path: str, overrides: list[str], override: str, pairs, p
     gens, t_gen = timed(lambda: other.generate(prompts, max_new_tokens=new_tokens))
     bpb_diff = max(abs(a - b) for a, b in zip(bits_per_byte(values, pairs), bits_per_byte(ours_scoring["values"], pairs)))
     same = sum(a.text == b.text for a, b in zip(gens, ours_batched["gens"]))
+    del other
+    weights.unload_all()
     return {"score_s": t_score, "generate_s": t_gen, "bpb_diff": bpb_diff, "same": f"{same}/{len(prompts)}"}
 
 
@@ -300,7 +304,9 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scoring-only", action="store_true", help="Only the likelihood-scoring comparison (a minute).")
-    ap.add_argument("--int8", action="store_true", help="Also compare lm.dtype=int8 with fp32 (loads a second model).")
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                    help="Compare lm.dtype=int8 with fp32 (loads a second model; on by default, so the JSON has int8_vs_fp32 and"
+                         " int8_max_abs_bpb_diff).")
     ap.add_argument("--bf16", action="store_true", help="Also compare lm.dtype=bf16 with fp32 (loads a second model).")
     add_set_option(ap, " The comparisons with fp32 and BLAS run only when lm.dtype is fp32.")
     ap.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
@@ -366,17 +372,24 @@ def main() -> None:
     figures["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # the engine alone
 
     n_bytes = weight_bytes(model)
+    if dtype == "fp32":
+        fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
+    # the engines compared below load one at a time, each dropped after its run; this one goes first
+    del model
+    weights.unload_all()
     bw = bandwidth_gb_s()
-    print(f"\npeak RSS of the {dtype} engine {figures['peak_rss_gib'] * 1024:.0f} MiB (before the bandwidth probe's 1 GiB of buffers)")
+    print(f"\npeak RSS of the {dtype} engine {figures['peak_rss_gib'] * 1024:.0f} MiB")
     print(f"weights {n_bytes / 1e6:.0f} MB ({dtype}), copy bandwidth {bw:.1f} GB/s ->"
           f" batch-1 decode bound {bw * 1e9 / n_bytes:.1f} tok/s; measured naive {gen_naive / t_naive:.1f} gen tok/s (incl. prefill)")
     if dtype == "fp32":
-        fp32_batched = {"gens": batched[:16], "seconds": timed(lambda: fp32_generate(model, prompts[:16], args.new_tokens))[1]}
         if params["lm"]["gemm"] == "onednn":
             figures |= gemm_comparison(args.params, overrides, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
         for other in ("int8", "bf16"):
             if getattr(args, other):
                 figures |= dtype_comparison(args.params, overrides, other, pairs, prompts[:16], args.new_tokens, fp32_scoring, fp32_batched)
+    figures["process_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\npeak RSS of the whole run (each engine loaded in turn, the bandwidth probe's 512 MiB of buffers)"
+          f" {figures['process_peak_rss_gib'] * 1024:.0f} MiB")
     write_figures(args.json, figures | {"settings": args.set} if args.set else figures)
 
 

@@ -1,6 +1,6 @@
-"""The engine's two bounds on memory, each off and on in the same run, each side in a fresh process:
+"""The engine's bounds on memory, each off and on in the same run, each side in a fresh process:
 
-    ads prepare && python benchmarks/bench_memory.py [--params params.yaml] [--json PATH]
+    ads prepare && python benchmarks/bench_memory.py [--params params.yaml] [--kinds batch,heap,rows] [--json PATH]
 
 1. `batch`: 16 long prompts (700 to 1,000 tokens, like the optimizer's prompts after iteration 1,
    which carry their own task's block), 40 new tokens each, in one `generate` call: all 16 rows in
@@ -9,6 +9,9 @@
 2. `heap`: 30 calls, each scoring 8 references and answering 8 questions after a context of
    random length (as training scores a trajectory): without handing the heap's free pages back
    after a batch (`TRIM_ABOVE = 0`) and with the default. The RSS after the calls and the peak.
+3. `rows`: `bench_lm`'s 64 prompts (150-400 tokens) × 64 new tokens, greedy, in one `generate`
+   call: all 64 rows decoded as one batch (`lm.batch_size=64`, `lm.batch_tokens=0`) against the
+   defaults (16 rows, and the token budget). Fuller decoding batches are faster and cost memory.
 
 Numbers computed do not change with either setting but for the last bits where a batch's rows
 differ (oneDNN); the call cache is off. Prints each side and the ratios.
@@ -56,6 +59,8 @@ def child(kind: str, setting: int, params_path: str) -> dict:
     overrides = ["lm.cache=false", "lm.policy_backend=local"]
     if kind == "batch":
         overrides.append(f"lm.batch_tokens={setting}")
+    elif kind == "rows":
+        overrides += [f"lm.batch_size={setting}", "lm.batch_tokens=0"] if setting else []  # 0: the defaults
     else:
         weights.TRIM_ABOVE = setting
     params = params_mod.load(params_path, overrides)
@@ -68,6 +73,12 @@ def child(kind: str, setting: int, params_path: str) -> dict:
         prompts = long_prompts(model, docs, 16, rng)
         start = time.perf_counter()
         model.generate(prompts, max_new_tokens=40, temperature=0.8, seed=0, chat=False)
+    elif kind == "rows":
+        from bench_lm import make_prompts  # this folder is on the path of a script run from it
+
+        prompts = make_prompts(model, read_jsonl(Path("data/prepared/docs.jsonl")), 64, 0)
+        start = time.perf_counter()
+        model.generate(prompts, max_new_tokens=64)
     else:
         for _ in range(30):
             context = " ".join(rng.choice(docs) for _ in range(rng.randint(1, 6)))[: rng.randint(300, 3000)]
@@ -89,15 +100,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    ap.add_argument("--kinds", default="batch,heap,rows", help="which comparisons to run, comma-separated (default: all three)")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.params)))
         return
-    budget = params_mod.load(args.params, [])["lm"]["batch_tokens"]
+    lm = params_mod.load(args.params, [])["lm"]
+    budget = lm["batch_tokens"]
     figures = {}
     for kind, (off, on), what in (("batch", (0, budget), f"16 prompts of 700-1,000 tokens: one 16-row batch vs batch_tokens={budget}"),
-                                  ("heap", (0, weights.TRIM_ABOVE), f"30 scoring and answering calls: no trim vs trim above {weights.TRIM_ABOVE >> 20} MiB")):
+                                  ("heap", (0, weights.TRIM_ABOVE), f"30 scoring and answering calls: no trim vs trim above {weights.TRIM_ABOVE >> 20} MiB"),
+                                  ("rows", (64, 0), f"64 prompts x 64 new tokens: one 64-row batch vs {lm['batch_size']} rows"
+                                                    f" and batch_tokens={budget}")):
+        if kind not in args.kinds.split(","):
+            continue
         a, b = side(kind, off, args.params), side(kind, on, args.params)
         figures[kind] = {"off": a, "on": b, "time_ratio": round(a["seconds"] / b["seconds"], 3),
                          "peak_saved_mib": a["peak_mib"] - b["peak_mib"], "rss_after_saved_mib": a["rss_after_mib"] - b["rss_after_mib"]}

@@ -155,3 +155,22 @@ def test_token_batches_cut_long_rows_into_fewer_at_a_time():
     assert token_batches([], 4, 2000) == []
     with pytest.raises(ValueError, match="longest first"):
         token_batches([10, 20], 4, 2000)
+
+
+def test_unload_all_lets_the_loaded_models_go(monkeypatch):
+    """A benchmark comparing engines drops each before loading the next: after `unload_all`,
+    nothing of the engine's keeps a loaded model alive."""
+    import weakref
+
+    from ads_cli.engine import weights
+
+    class Model:  # stands for a (model, tokenizer) pair; a real one is hundreds of MB
+        pass
+
+    model = Model()
+    gone = weakref.ref(model)
+    monkeypatch.setattr(weights, "_LOADED", {("source", "digest", "fp32", "onednn"): (model, "tokenizer")})
+    del model
+    assert gone() is not None  # held by the engine's table of loaded models
+    weights.unload_all()
+    assert weights._LOADED == {} and gone() is None

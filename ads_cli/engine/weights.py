@@ -237,6 +237,17 @@ def load_weights(source: str, cache_dir: Path, lock: Lock, threads: int = 0, dty
     return model, tokenizer, f"{digest}:{ARITHMETIC}{suffix}"
 
 
+def unload_all() -> None:
+    """Forget every model this process loaded (the next `load_weights` loads again). Their memory
+    goes back once nothing else holds them: a benchmark comparing engines one after the other drops
+    each before loading the next, instead of holding them all."""
+    import gc
+
+    _LOADED.clear()
+    gc.collect()
+    trim_heap()
+
+
 def _load_fp32(source: str, target: str):
     torch = _torch()
     from transformers import AutoModelForCausalLM, AutoTokenizer
