@@ -106,6 +106,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.params)))
         return
+    unknown = set(args.kinds.split(",")) - {"batch", "heap", "rows"}
+    if unknown:
+        ap.error(f"--kinds: unknown {', '.join(sorted(unknown))} (batch, heap, rows)")
     lm = params_mod.load(args.params, [])["lm"]
     budget = lm["batch_tokens"]
     figures = {}
