@@ -17,7 +17,8 @@
    transformers' SDPA.
 5. The engine's oneDNN linear layers (lm.gemm=onednn, the default) against torch's BLAS
    (lm.gemm=blas) on the same pairs and prompts; lm.dtype=int8 (unless --no-int8) and, with
-   --bf16, lm.dtype=bf16 against fp32. `--set lm.dtype=bf16` runs the whole benchmark on bfloat16 instead.
+   --bf16, lm.dtype=bf16 against fp32. `--set lm.dtype=bf16` runs the whole benchmark on
+   bfloat16 instead (and leaves these comparisons out).
 6. Peak RSS (of the engine; and of the whole run, where each compared engine is loaded after the
    one before is dropped), and the memory-bandwidth bound on batch-1 decoding: every generated
    token reads all the weights once, so tokens/s <= measured copy bandwidth / weight bytes.
@@ -305,8 +306,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scoring-only", action="store_true", help="Only the likelihood-scoring comparison (a minute).")
     ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
-                    help="Compare lm.dtype=int8 with fp32 (loads a second model; on by default, so the JSON has int8_vs_fp32 and"
-                         " int8_max_abs_bpb_diff).")
+                    help="Compare lm.dtype=int8 with fp32 (loads a second model; on by default: a run on fp32 writes"
+                         " int8_vs_fp32 and int8_max_abs_bpb_diff to the JSON).")
     ap.add_argument("--bf16", action="store_true", help="Also compare lm.dtype=bf16 with fp32 (loads a second model).")
     add_set_option(ap, " The comparisons with fp32 and BLAS run only when lm.dtype is fp32.")
     ap.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")

@@ -13,8 +13,8 @@
    call: all 64 rows decoded as one batch (`lm.batch_size=64`, `lm.batch_tokens=0`) against the
    defaults (16 rows, and the token budget). Fuller decoding batches are faster and cost memory.
 
-Numbers computed do not change with either setting but for the last bits where a batch's rows
-differ (oneDNN); the call cache is off. Prints each side and the ratios.
+Numbers computed do not change with any of these settings but for the last bits where a batch's
+rows differ (oneDNN); the call cache is off. Prints each side and the ratios.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
         return
     unknown = set(args.kinds.split(",")) - {"batch", "heap", "rows"}
     if unknown:
-        ap.error(f"--kinds: unknown {', '.join(sorted(unknown))} (batch, heap, rows)")
+        ap.error(f"--kinds: unknown {', '.join(repr(k) for k in sorted(unknown))}; expected a comma-separated list of batch, heap, rows")
     lm = params_mod.load(args.params, [])["lm"]
     budget = lm["batch_tokens"]
     figures = {}
