@@ -50,17 +50,18 @@ def fused_products(repeats: int) -> list[dict]:
     from ads_cli.engine.linear import FUSED, _packed_product_class
 
     product = _packed_product_class()
-    sizes = {"q_proj": 576, "k_proj": 192, "v_proj": 192, "gate_proj": 1536, "up_proj": 1536}
+    shapes = {name: (k, n) for names, k, n in SHAPES for name in names.split(", ")}  # each layer's (inputs, outputs)
     print(f"\n{'rows':28}{'layers':34}{'one each (us)':>14}{'as one (us)':>12}{'ratio':>8}{'same bits':>10}{'engine fuses':>14}")
     figures = []
     for rows_name, m in ROWS:
         for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")):
-            linears = [torch.nn.Linear(576, sizes[name], bias=False) for name in group]
+            linears = [torch.nn.Linear(*shapes[name], bias=False) for name in group]
+            k = linears[0].in_features  # the group's layers read the same input
             fused, alone = product(linears, torch.float32), [product([linear], torch.float32) for linear in linears]
-            x = torch.randn(m, 576)
+            x = torch.randn(m, k)
             t_alone = seconds(lambda: [p(x, 0) for p in alone], repeats)
             t_fused = seconds(lambda: [fused(x, part) for part in range(len(group))], repeats)
-            x = torch.randn(m, 576)  # a new input: the product is computed again, not reused
+            x = torch.randn(m, k)  # a new input: the product is computed again, not reused
             same = all(fused(x, part).equal(p(x, 0)) for part, p in enumerate(alone))
             figures.append({"rows": m, "fused": ", ".join(group), "separate_us": t_alone * 1e6, "fused_us": t_fused * 1e6,
                             "fused_vs_separate": t_alone / t_fused, "same_bits": same, "engine_fuses": group in FUSED})

@@ -66,7 +66,8 @@ def child(kind: str, setting: int, params_path: str) -> dict:
     params = params_mod.load(params_path, overrides)
     model = load_role(params, "policy")
     model.cache = CallCache(None)
-    docs = [d["text"] for d in read_jsonl(Path("data/prepared/docs.jsonl"))]
+    records = read_jsonl(Path("data/prepared/docs.jsonl"))
+    docs = [d["text"] for d in records]
     rng = random.Random(0)
     loaded, start = peak_mib(), time.perf_counter()
     if kind == "batch":
@@ -76,7 +77,7 @@ def child(kind: str, setting: int, params_path: str) -> dict:
     elif kind == "rows":
         from bench_lm import make_prompts  # this folder is on the path of a script run from it
 
-        prompts = make_prompts(model, read_jsonl(Path("data/prepared/docs.jsonl")), 64, 0)
+        prompts = make_prompts(model, records, 64, 0)
         start = time.perf_counter()
         model.generate(prompts, max_new_tokens=64)
     else:
@@ -106,7 +107,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]), args.params)))
         return
-    unknown = set(args.kinds.split(",")) - {"batch", "heap", "rows"}
+    kinds = args.kinds.split(",")
+    unknown = set(kinds) - {"batch", "heap", "rows"}
     if unknown:
         ap.error(f"--kinds: unknown {', '.join(repr(k) for k in sorted(unknown))}; expected a comma-separated list of batch, heap, rows")
     lm = params_mod.load(args.params, [])["lm"]
@@ -116,7 +118,7 @@ def main() -> None:
                                   ("heap", (0, weights.TRIM_ABOVE), f"30 scoring and answering calls: no trim vs trim above {weights.TRIM_ABOVE >> 20} MiB"),
                                   ("rows", (64, 0), f"64 prompts x 64 new tokens: one 64-row batch vs {lm['batch_size']} rows"
                                                     f" and batch_tokens={budget}")):
-        if kind not in args.kinds.split(","):
+        if kind not in kinds:
             continue
         a, b = side(kind, off, args.params), side(kind, on, args.params)
         figures[kind] = {"off": a, "on": b, "time_ratio": round(a["seconds"] / b["seconds"], 3),
